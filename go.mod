@@ -1,6 +1,6 @@
 module knockknock
 
-go 1.26.8
+go 1.24
 
 require (
 	github.com/jessevdk/go-flags v1.6.1

@@ -2019,6 +2019,7 @@ func (s *server) startService(spec serviceSpec) error {
 		var accept net.Listener = ln
 		if spec.allowOnly {
 			accept = &allowListener{Listener: ln, allow: &s.allow}
+			svc.http.SetKeepAlivesEnabled(false) // so that every request is checked at accept
 		}
 		go svc.http.Serve(accept)
 	}

@@ -1,0 +1,383 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	lua "github.com/yuin/gopher-lua"
+)
+
+// syncBuffer is a log destination that tests may read while the server writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// freePort returns a port that was free for both UDP and TCP a moment ago.
+func freePort(t *testing.T) uint16 {
+	t.Helper()
+	for range 50 {
+		u, err := net.ListenUDP("udp", &net.UDPAddr{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := u.LocalAddr().(*net.UDPAddr).Port
+		tcp, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
+		u.Close()
+		if err == nil {
+			tcp.Close()
+			return uint16(port)
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// luaServer is a server in this process with a hook made from src; its runtime is not started,
+// so a test may run the hook's top level and read its globals.
+type luaServer struct {
+	*server
+	logs *syncBuffer
+	hook *luaHook
+}
+
+func newLuaServer(t *testing.T, src string, tweak func(*config)) (*luaServer, error) {
+	t.Helper()
+	c := testConfig(freePort(t), freePort(t))
+	c.hookTimeout = 2 * time.Second
+	c.hookName = "test.lua"
+	c.hookArgs = [][2]string{{"greeting", "hi"}}
+	if tweak != nil {
+		tweak(c)
+	}
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	proto, err := compileHook(c.hookName, []byte(src))
+	if err != nil {
+		return nil, err
+	}
+	s := newServer(c, log, proto)
+	t.Cleanup(func() {
+		s.closeKnockPorts()
+		s.stopServices()
+	})
+	hook, err := s.hooks.load(proto)
+	if err != nil {
+		return nil, err
+	}
+	return &luaServer{server: s, logs: logs, hook: hook}, nil
+}
+
+func mustLuaServer(t *testing.T, src string, tweak func(*config)) *luaServer {
+	t.Helper()
+	s, err := newLuaServer(t, src, tweak)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func (s *luaServer) global(name string) lua.LValue { return s.hook.L.GetGlobal(name) }
+
+const unlockStub = "function on_unlock(ev) end\n"
+
+func TestLuaModuleIsGlobalAndRequired(t *testing.T) {
+	s := mustLuaServer(t, unlockStub+`
+same = require("knock") == knock
+timeout = knock.config.timeout
+nports = #knock.config.ports
+greeting = knock.args.greeting
+ok, err = pcall(function() knock.config.timeout = 1 end)
+written = ok
+`, nil)
+	if s.global("same") != lua.LTrue {
+		t.Error(`require("knock") is not the global knock`)
+	}
+	if s.global("timeout") != lua.LNumber(5) || s.global("nports") != lua.LNumber(2) {
+		t.Errorf("knock.config: timeout %v ports %v", s.global("timeout"), s.global("nports"))
+	}
+	if s.global("greeting") != lua.LString("hi") {
+		t.Errorf("knock.args.greeting = %v", s.global("greeting"))
+	}
+	if s.global("written") != lua.LFalse || !strings.Contains(s.global("err").String(), "read-only") {
+		t.Errorf("knock.config was writable: %v", s.global("err"))
+	}
+}
+
+func TestLuaServeAndStopService(t *testing.T) {
+	port := freePort(t)
+	s := mustLuaServer(t, unlockStub+fmt.Sprintf(`
+first = knock.serve{port=%d, greeting="welcome {ip}"}
+again = knock.serve{port=%d}
+`, port, port), nil)
+	if s.global("first") != lua.LTrue || s.global("again") != lua.LTrue {
+		t.Fatalf("knock.serve returned %v then %v, want true twice", s.global("first"), s.global("again"))
+	}
+	body := httpGet(t, port)
+	if body != "welcome 127.0.0.1\n" {
+		t.Fatalf("HTTP body %q", body)
+	}
+	if reply := udpAsk(t, port); reply != "welcome 127.0.0.1\n" {
+		t.Fatalf("UDP reply %q", reply)
+	}
+	call(t, s, fmt.Sprintf("knock.stop_service(%d)", port))
+	if _, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
+		t.Fatal("the service still accepts connections after knock.stop_service")
+	}
+}
+
+func TestLuaServeRejectsBadArguments(t *testing.T) {
+	for _, arg := range []string{`{port=0}`, `{port=70000}`, `{port="x"}`, `{proto="sctp"}`, `{allow="everyone"}`, `{greeting=5}`} {
+		_, err := newLuaServer(t, unlockStub+"knock.serve"+arg, nil)
+		if err == nil || !strings.Contains(err.Error(), "test.lua:2:") {
+			t.Errorf("knock.serve%s: error %v, want one naming test.lua:2", arg, err)
+		}
+	}
+}
+
+func TestLuaServeReportsPortInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	s := mustLuaServer(t, unlockStub+fmt.Sprintf(`ok, err = knock.serve{port=%d, proto="tcp"}`, port), nil)
+	if s.global("ok") != lua.LNil || !strings.Contains(s.global("err").String(), fmt.Sprintf("TCP port %d: address already in use", port)) {
+		t.Fatalf("knock.serve on a busy port returned %v, %v", s.global("ok"), s.global("err"))
+	}
+}
+
+func TestLuaAllowModeAdmitsOnlyGrantedClients(t *testing.T) {
+	port := freePort(t)
+	s := mustLuaServer(t, unlockStub+fmt.Sprintf(`knock.serve{port=%d, allow="clients"}`, port), nil)
+	if _, err := tryHTTPGet(port); err == nil {
+		t.Fatal("allow mode let an unknown client through over TCP")
+	}
+	if reply := udpAskTimeout(t, port, 300*time.Millisecond); reply != "" {
+		t.Fatalf("allow mode answered an unknown client over UDP: %q", reply)
+	}
+	call(t, s, `knock.allow("127.0.0.1", 30)`)
+	if body := httpGet(t, port); !strings.Contains(body, "127.0.0.1") {
+		t.Fatalf("granted client got %q", body)
+	}
+	if reply := udpAsk(t, port); reply == "" {
+		t.Fatal("granted client got no UDP greeting")
+	}
+	call(t, s, `knock.revoke("127.0.0.1")`)
+	if _, err := tryHTTPGet(port); err == nil {
+		t.Fatal("a revoked client still got through")
+	}
+	call(t, s, `knock.allow("127.0.0.1", 0.2)`)
+	httpGet(t, port)
+	time.Sleep(300 * time.Millisecond)
+	if _, err := tryHTTPGet(port); err == nil {
+		t.Fatal("access did not expire")
+	}
+	for _, bad := range []string{`knock.allow("not-an-ip", 5)`, `knock.allow("127.0.0.1", -1)`, `knock.revoke(5)`} {
+		if err := callErr(s, bad); err == nil {
+			t.Errorf("%s: no error", bad)
+		}
+	}
+}
+
+func TestLuaExec(t *testing.T) {
+	s := mustLuaServer(t, unlockStub+`
+code, out = knock.exec("sh", "-c", "echo hello $0; exit 3", "arg")
+nocode, nerr = knock.exec("/nonexistent/program")
+status = os.execute("exit 4")
+`, nil)
+	if s.global("code") != lua.LNumber(3) || s.global("out") != lua.LString("hello arg\n") {
+		t.Errorf("knock.exec returned %v, %q", s.global("code"), s.global("out"))
+	}
+	if s.global("nocode") != lua.LNil || !strings.Contains(s.global("nerr").String(), "no such file") {
+		t.Errorf("missing program: %v, %v", s.global("nocode"), s.global("nerr"))
+	}
+	if s.global("status") != lua.LNumber(4) {
+		t.Errorf("os.execute returned %v, want 4", s.global("status"))
+	}
+}
+
+func TestLuaExecIsCancelledAtTheHookTimeout(t *testing.T) {
+	for _, code := range []string{`knock.exec("sh", "-c", "sleep 30")`, `os.execute("sleep 30")`, `while true do end`} {
+		start := time.Now()
+		_, err := newLuaServer(t, unlockStub+code, func(c *config) { c.hookTimeout = 300 * time.Millisecond })
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("%s: ran %v past a 300ms hook timeout", code, took)
+		}
+		if err == nil || !strings.Contains(err.Error(), "cancel") {
+			t.Errorf("%s: error %v, want a cancellation", code, err)
+		}
+	}
+}
+
+func TestLuaAfterAndLog(t *testing.T) {
+	s := mustLuaServer(t, `
+function on_unlock(ev) end
+function on_start()
+  knock.log("started", {answer = 42, level = "warn"})
+  knock.after(0.05, function() knock.log("later", {n = 1}) end)
+end
+`, nil)
+	go s.hooks.run(s.hook)
+	defer s.hooks.stop()
+	waitFor(t, "the knock.after callback", func() bool { return strings.Contains(s.logs.String(), "msg=later") })
+	logs := s.logs.String()
+	if !strings.Contains(logs, "level=WARN msg=started event=hook answer=42") {
+		t.Fatalf("knock.log output:\n%s", logs)
+	}
+}
+
+func TestLuaCloseAndOpenKnockPorts(t *testing.T) {
+	s := mustLuaServer(t, unlockStub, nil)
+	if err := s.openKnockPorts(); err != nil {
+		t.Fatal(err)
+	}
+	port := s.cfg.ports[0]
+	if portFree(port) {
+		t.Fatal("knock port not bound")
+	}
+	call(t, s, "knock.close_knock_ports()")
+	if !portFree(port) {
+		t.Fatal("knock port still bound after close_knock_ports")
+	}
+	call(t, s, "reopened = knock.open_knock_ports()")
+	if s.global("reopened") != lua.LTrue || portFree(port) {
+		t.Fatal("open_knock_ports did not bind again")
+	}
+}
+
+func TestHookErrorsAreLoggedWithFileAndLine(t *testing.T) {
+	s := mustLuaServer(t, `
+function on_unlock(ev)
+  error("boom for " .. ev.ip)
+end
+`, nil)
+	go s.hooks.run(s.hook)
+	s.hooks.enqueue(&event{kind: eventUnlock, from: key("192.0.2.7"), port: 1})
+	waitFor(t, "the hook error in the log", func() bool { return strings.Contains(s.logs.String(), "hook_error") })
+	s.hooks.stop()
+	if logs := s.logs.String(); !strings.Contains(logs, "test.lua:3: boom for 192.0.2.7") {
+		t.Fatalf("log does not name test.lua:3:\n%s", logs)
+	}
+}
+
+func TestHookLoadErrors(t *testing.T) {
+	cases := map[string]string{
+		"syntax error":      "function on_unlock(ev",
+		"no on_unlock":      "x = 1",
+		"not a function":    "on_unlock = 5",
+		"error at load":     unlockStub + "error('at load')",
+		"on_fail not a fn":  unlockStub + "on_fail = {}",
+		"runaway top level": unlockStub + "while true do end",
+	}
+	for name, src := range cases {
+		_, err := newLuaServer(t, src, func(c *config) { c.hookTimeout = 200 * time.Millisecond })
+		if err == nil {
+			t.Errorf("%s: loaded", name)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, "test.lua") || strings.Contains(msg, "\n") {
+			t.Errorf("%s: %q should be one line naming test.lua", name, msg)
+		}
+	}
+}
+
+// call runs a Lua statement in the hook's state and fails the test on error.
+func call(t *testing.T, s *luaServer, code string) {
+	t.Helper()
+	if err := callErr(s, code); err != nil {
+		t.Fatalf("%s: %v", code, err)
+	}
+}
+
+func callErr(s *luaServer, code string) error {
+	return s.hooks.protect(s.hook.L, time.Second, func() error { return s.hook.L.DoString(code) })
+}
+
+func tryHTTPGet(port uint16) (string, error) {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return "", fmt.Errorf("status %s", resp.Status)
+	}
+	return string(body), err
+}
+
+func httpGet(t *testing.T, port uint16) string {
+	t.Helper()
+	body, err := tryHTTPGet(port)
+	if err != nil {
+		t.Fatalf("GET :%d: %v", port, err)
+	}
+	return body
+}
+
+func udpAsk(t *testing.T, port uint16) string {
+	t.Helper()
+	reply := udpAskTimeout(t, port, 2*time.Second)
+	if reply == "" {
+		t.Fatalf("no UDP reply from port %d", port)
+	}
+	return reply
+}
+
+func udpAskTimeout(t *testing.T, port uint16, wait time.Duration) string {
+	t.Helper()
+	conn, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.Write([]byte("hello"))
+	conn.SetReadDeadline(time.Now().Add(wait))
+	line, _ := bufio.NewReader(conn).ReadString('\n')
+	return line
+}
+
+func portFree(port uint16) bool {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{Port: int(port)})
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
