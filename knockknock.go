@@ -879,10 +879,12 @@ func (t *tracker) sweep(now int64) {
 	}
 }
 
+// idle reports whether a client has nothing left to remember. An attempt in progress is kept for
+// twice the timeout, so that a late knock is still reported as a timeout rather than a wrong port.
 func (t *tracker) idle(p *progress, now int64) bool {
 	since := now - p.last
 	if p.step > 0 {
-		return since > t.rules.timeout
+		return since > 2*t.rules.timeout
 	}
 	return since > t.rules.retransmit
 }

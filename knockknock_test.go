@@ -223,7 +223,7 @@ func TestTrackerForgetsStaleClients(t *testing.T) {
 	if n := tr.clients(); n != 100 {
 		t.Fatalf("clients within the timeout were dropped: %d left", n)
 	}
-	tr.sweep(t0 + int64(6*time.Second))
+	tr.sweep(t0 + int64(11*time.Second))
 	if n := tr.clients(); n != 0 {
 		t.Fatalf("%d stale clients left after the timeout", n)
 	}

@@ -1,0 +1,566 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// raceEnabled is set by race_test.go: the server under test is then built with -race too.
+var raceEnabled bool
+
+// binPath is the knockknock binary the end-to-end tests run, built once by TestMain.
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "knockknock-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binPath = filepath.Join(dir, "knockknock")
+	args := []string{"build", "-o", binPath}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	if out, err := exec.Command("go", append(args, "knockknock.go")...).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building knockknock: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a knockknock server process.
+type proc struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	done   chan struct{}
+}
+
+func startServer(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(binPath, args...), stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stderr = p.stderr
+	p.cmd.Stdout = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("server log:\n%s", p.stderr.String())
+		}
+	})
+	deadline := time.After(30 * time.Second)
+	for !strings.Contains(p.stderr.String(), "msg=listening") && !strings.Contains(p.stderr.String(), `"msg":"listening"`) {
+		select {
+		case <-p.done:
+			t.Fatalf("server exited with %v before listening:\n%s", p.cmd.ProcessState, p.stderr.String())
+		case <-deadline:
+			t.Fatalf("server not listening after 30s:\n%s", p.stderr.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return p
+}
+
+// stop sends SIGTERM and returns the exit code.
+func (p *proc) stop(t *testing.T) int {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("server did not stop within 15s of SIGTERM:\n%s", p.stderr.String())
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// runKK runs the binary to completion.
+func runKK(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binPath, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("knockknock %v did not finish", args)
+	}
+	if err != nil && cmd.ProcessState == nil {
+		t.Fatal(err)
+	}
+	return out.String(), errb.String(), cmd.ProcessState.ExitCode()
+}
+
+func knockWith(t *testing.T, args ...string) {
+	t.Helper()
+	if out, errOut, code := runKK(t, append([]string{"knock"}, args...)...); code != 0 {
+		t.Fatalf("knockknock knock %v: exit %d\n%s%s", args, code, out, errOut)
+	}
+}
+
+// recording is the file testdata/record.lua writes.
+type recording string
+
+func (r recording) lines() []string {
+	b, _ := os.ReadFile(string(r))
+	return strings.Split(strings.TrimSpace(string(b)), "\n")
+}
+
+func (r recording) count(prefix string) int {
+	n := 0
+	for _, l := range r.lines() {
+		if strings.HasPrefix(l, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// fields parses "kind k=v k=v" lines.
+func fields(line string) map[string]string {
+	m := map[string]string{}
+	for _, f := range strings.Fields(line)[1:] {
+		k, v, _ := strings.Cut(f, "=")
+		m[k] = v
+	}
+	return m
+}
+
+type knockServer struct {
+	*proc
+	ports []uint16
+	rec   recording
+}
+
+func (s *knockServer) portList() string { return formatPorts(s.ports) }
+
+// startRecording starts a server on three free ports with the recording hook.
+func startRecording(t *testing.T, extra ...string) *knockServer {
+	t.Helper()
+	ports := []uint16{freePort(t), freePort(t), freePort(t)}
+	rec := recording(filepath.Join(t.TempDir(), "events"))
+	args := append([]string{"-p", formatPorts(ports), "--hook", "testdata/record.lua", "--hook-arg", "out=" + string(rec)}, extra...)
+	return &knockServer{proc: startServer(t, args...), ports: ports, rec: rec}
+}
+
+func TestE2EUnlockReachesTheHook(t *testing.T) {
+	s := startRecording(t)
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		before := time.Now()
+		knockWith(t, "-p", s.portList(), host)
+		waitFor(t, "unlock from "+host, func() bool { return s.rec.count("unlock ip="+host+" ") == 1 })
+		var line string
+		for _, l := range s.rec.lines() {
+			if strings.HasPrefix(l, "unlock ip="+host+" ") {
+				line = l
+			}
+		}
+		f := fields(line)
+		ts, _ := strconv.ParseFloat(f["time"], 64)
+		elapsed, _ := strconv.ParseFloat(f["elapsed"], 64)
+		srcPort, _ := strconv.Atoi(f["source_port"])
+		if f["port"] != strconv.Itoa(int(s.ports[2])) || f["sequence"] != s.portList() || srcPort == 0 ||
+			ts < float64(before.Add(-time.Second).UnixNano())/1e9 || ts > float64(time.Now().UnixNano())/1e9 ||
+			elapsed < 0.015 || elapsed > 2 || f["reason"] != "nil" {
+			t.Errorf("ev fields from %s: %s", host, line)
+		}
+	}
+	if code := s.stop(t); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM, want 0", code)
+	}
+	lines := s.rec.lines()
+	if lines[0] != "start" || lines[len(lines)-1] != "stop" {
+		t.Fatalf("on_start and on_stop not called first and last: %q", lines)
+	}
+}
+
+func TestE2EWrongOrderAndLateKnocksDoNotUnlock(t *testing.T) {
+	s := startRecording(t, "--timeout", "0.5")
+	p := s.ports
+	knockWith(t, "-p", formatPorts([]uint16{p[0], p[2], p[1]}), "127.0.0.1")
+	waitFor(t, "the wrong-order failure", func() bool { return s.rec.count("fail") >= 1 })
+	if s.rec.count("unlock") != 0 || !strings.Contains(strings.Join(s.rec.lines(), "\n"), "reason=wrong_port") {
+		t.Fatalf("wrong order: %q", s.rec.lines())
+	}
+	knockWith(t, "-p", formatPorts(p[:2]), "127.0.0.1")
+	time.Sleep(800 * time.Millisecond)
+	knockWith(t, "-p", formatPorts(p[2:]), "127.0.0.1")
+	waitFor(t, "the timeout failure", func() bool { return strings.Contains(strings.Join(s.rec.lines(), "\n"), "reason=timeout") })
+	if s.rec.count("unlock") != 0 {
+		t.Fatalf("a late knock unlocked: %q", s.rec.lines())
+	}
+	knockWith(t, "-p", s.portList(), "127.0.0.1")
+	waitFor(t, "the unlock after the failures", func() bool { return s.rec.count("unlock") == 1 })
+}
+
+func TestE2EFailingAndHangingHooksLeaveTheServerServing(t *testing.T) {
+	hook := filepath.Join(t.TempDir(), "moody.lua")
+	out := filepath.Join(t.TempDir(), "events")
+	os.WriteFile(hook, []byte(`
+calls = 0
+function on_unlock(ev)
+  calls = calls + 1
+  if calls == 1 then error("first call fails") end
+  if calls == 2 then while true do end end
+  if calls == 3 then knock.exec("sleep", "60") end
+  local f = assert(io.open(knock.args.out, "a"))
+  f:write("unlock " .. calls .. "\n")
+  f:close()
+end
+`), 0o644)
+	ports := []uint16{freePort(t), freePort(t)}
+	p := startServer(t, "-p", formatPorts(ports), "--hook", hook, "--hook-arg", "out="+out, "--hook-timeout", "300ms")
+	for range 4 {
+		knockWith(t, "-p", formatPorts(ports), "127.0.0.1")
+		time.Sleep(50 * time.Millisecond)
+	}
+	waitFor(t, "the fourth unlock", func() bool { b, _ := os.ReadFile(out); return string(b) == "unlock 4\n" })
+	logs := p.stderr.String()
+	if !strings.Contains(logs, "moody.lua:5: first call fails") || strings.Count(logs, "cancelled after 300ms (--hook-timeout)") != 2 {
+		t.Errorf("log should name moody.lua:5 once and two cancellations")
+	}
+	if code := p.stop(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+func TestE2EBadInputExits2WithOneLine(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		path := filepath.Join(dir, name)
+		os.WriteFile(path, []byte(body), 0o644)
+		return path
+	}
+	syntax := write("syntax.lua", "function on_unlock(ev\n")
+	noUnlock := write("nounlock.lua", "function on_knock(ev) end\n")
+	badINI := write("bad.ini", "[Application Options]\nportz = 1,2,3\n")
+	loose := write("loose.secret", "0123456789abcdef0123456789abcdef\n")
+	short := write("short.secret", "tooshort\n")
+	os.Chmod(short, 0o600)
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-p", "0"}, "port 0 is out of range"},
+		{[]string{"-p", "70000"}, "port 70000 is out of range"},
+		{[]string{"-p", "abc"}, `"abc" is not a port number`},
+		{[]string{"-p", ""}, "needs at least one port"},
+		{[]string{"-t", "-1s"}, "--timeout"},
+		{[]string{"--timeout=-1"}, "must not be negative"},
+		{[]string{"-t", "5x"}, "not a duration"},
+		{[]string{"-t", "0"}, "must be between"},
+		{[]string{"--hook", filepath.Join(dir, "missing.lua")}, "missing.lua"},
+		{[]string{"--hook", syntax}, "syntax.lua"},
+		{[]string{"--hook", noUnlock}, "defines no on_unlock"},
+		{[]string{"--log-format", "xml"}, "use text or json"},
+		{[]string{"--no-such-flag"}, "unknown flag"},
+		{[]string{"--listen", "nowhere"}, "invalid --listen"},
+		{[]string{"--hook-arg", "novalue"}, "want KEY=VALUE"},
+		{[]string{"--decoys", "123"}, "also a knock port"},
+		{[]string{"--max-clients", "0"}, "--max-clients"},
+		{[]string{"--config", badINI}, "unknown option: portz"},
+		{[]string{"--config", filepath.Join(dir, "none.ini")}, "none.ini"},
+		{[]string{"--secret-file", loose}, "chmod 600"},
+		{[]string{"--secret-file", short}, "at least 16"},
+		{[]string{"knock"}, "needs a HOST"},
+		{[]string{"knock", "-d", "x", "127.0.0.1"}, "--delay"},
+		{[]string{"knock", "127.0.0.1", "99999"}, "out of range"},
+	}
+	for _, tc := range cases {
+		for _, cmd := range [][]string{nil, {"check"}} {
+			args := append(append([]string{}, cmd...), tc.args...)
+			if len(tc.args) > 0 && tc.args[0] == "knock" {
+				if cmd != nil {
+					continue
+				}
+				args = tc.args
+			}
+			_, stderr, code := runKK(t, args...)
+			lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
+			if code != 2 || len(lines) != 1 || !strings.Contains(stderr, tc.want) || !strings.HasPrefix(stderr, "knockknock: ") {
+				t.Errorf("knockknock %q: exit %d, stderr %q; want exit 2 and one line with %q", args, code, stderr, tc.want)
+			}
+		}
+	}
+}
+
+func TestE2EPortInUseExits1NamingIt(t *testing.T) {
+	busy, err := net.ListenUDP("udp", &net.UDPAddr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	port := busy.LocalAddr().(*net.UDPAddr).Port
+	_, stderr, code := runKK(t, "-p", fmt.Sprintf("%d,%d", freePort(t), port))
+	if code != 1 || !strings.Contains(stderr, fmt.Sprintf("UDP port %d: address already in use", port)) || strings.Count(stderr, "\n") != 1 {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestE2EPrivilegedPortNamesTheCapability(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("running as root: ports below 1024 can be bound")
+	}
+	_, stderr, code := runKK(t, "-p", "1,2,3")
+	if code != 1 || !strings.Contains(stderr, "CAP_NET_BIND_SERVICE") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestE2EHelpExits0(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"knock", "--help"}, {"check", "--help"}} {
+		stdout, _, code := runKK(t, args...)
+		if code != 0 || !strings.Contains(stdout, "Usage:") {
+			t.Errorf("%v: exit %d, stdout %q", args, code, stdout)
+		}
+	}
+}
+
+func TestE2ECheck(t *testing.T) {
+	stdout, _, code := runKK(t, "check")
+	for _, want := range []string{"ports:        123,456,789", "timeout:      5s", "hook:         hooks/unlock.lua (on_unlock)", "is ascending", "ok"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("check output lacks %q:\n%s", want, stdout)
+		}
+	}
+	if code != 0 {
+		t.Fatalf("check exit %d", code)
+	}
+	stdout, _, _ = runKK(t, "check", "--decoys", "300,600")
+	if strings.Contains(stdout, "ascending") {
+		t.Errorf("check warns about an ascending sequence with decoys between its ports:\n%s", stdout)
+	}
+	stdout, _, _ = runKK(t, "check", "-p", "456,123,789")
+	if strings.Contains(stdout, "ascending") || strings.Contains(stdout, "descending") {
+		t.Errorf("check warns about a shuffled sequence:\n%s", stdout)
+	}
+}
+
+func TestE2EConfigFile(t *testing.T) {
+	ini := filepath.Join(t.TempDir(), "kk.ini")
+	os.WriteFile(ini, []byte("[Application Options]\nports = 2000,1000,3000\ntimeout = 7s\nhook-arg = a=1\nhook-arg = b=2\n"), 0o644)
+	stdout, stderr, code := runKK(t, "check", "--config", ini)
+	if code != 0 || !strings.Contains(stdout, "ports:        2000,1000,3000") || !strings.Contains(stdout, "timeout:      7s") || !strings.Contains(stdout, "hook-arg:     b=2") {
+		t.Fatalf("check --config: exit %d\n%s%s", code, stdout, stderr)
+	}
+	stdout, _, _ = runKK(t, "check", "--config", ini, "-t", "9")
+	if !strings.Contains(stdout, "timeout:      9s") {
+		t.Fatalf("a flag did not override the config file:\n%s", stdout)
+	}
+	os.WriteFile(ini, []byte("[Application Options]\nports = 2000,0\n"), 0o644)
+	_, stderr, code = runKK(t, "check", "--config", ini)
+	if code != 2 || !strings.Contains(stderr, "port 0 is out of range") {
+		t.Fatalf("bad value in config: exit %d %q", code, stderr)
+	}
+}
+
+func TestE2EKeygenWritesAPrivateFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "secret")
+	if _, stderr, code := runKK(t, "keygen", path); code != 0 {
+		t.Fatalf("keygen: %d %s", code, stderr)
+	}
+	info, err := os.Stat(path)
+	if err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("secret file mode %v, %v", info.Mode(), err)
+	}
+	if secret, err := loadSecret(path); err != nil || len(secret) != 64 {
+		t.Fatalf("secret %q, %v", secret, err)
+	}
+	if _, _, code := runKK(t, "keygen", path); code != 2 {
+		t.Fatal("keygen overwrote an existing file")
+	}
+}
+
+func TestE2EJSONLogs(t *testing.T) {
+	s := startRecording(t, "--log-format", "json")
+	knockWith(t, "-p", s.portList(), "127.0.0.1")
+	waitFor(t, "unlock", func() bool { return s.rec.count("unlock") == 1 })
+	s.stop(t)
+	sawUnlock := false
+	for _, line := range strings.Split(strings.TrimSpace(s.stderr.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("not JSON: %q", line)
+		}
+		for _, k := range []string{"time", "level", "msg", "event"} {
+			if _, ok := rec[k]; !ok {
+				t.Errorf("line lacks %q: %s", k, line)
+			}
+		}
+		if rec["event"] == "unlock" {
+			sawUnlock = rec["ip"] == "127.0.0.1" && rec["port"] == float64(s.ports[2])
+		}
+	}
+	if !sawUnlock {
+		t.Fatalf("no unlock line with ip and port:\n%s", s.stderr.String())
+	}
+}
+
+func TestE2EReloadOnSIGHUP(t *testing.T) {
+	hook := filepath.Join(t.TempDir(), "hook.lua")
+	out := filepath.Join(t.TempDir(), "events")
+	version := func(v string) {
+		os.WriteFile(hook, []byte(`function on_unlock(ev)
+  local f = assert(io.open(knock.args.out, "a")); f:write("`+v+`\n"); f:close()
+end
+`), 0o644)
+	}
+	version("v1")
+	ports := []uint16{freePort(t), freePort(t)}
+	p := startServer(t, "-p", formatPorts(ports), "--hook", hook, "--hook-arg", "out="+out)
+	os.WriteFile(hook, []byte("function on_unlock(ev"), 0o644)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "the failed reload", func() bool { return strings.Contains(p.stderr.String(), "hook reload failed") })
+	knockWith(t, "-p", formatPorts(ports), "127.0.0.1")
+	waitFor(t, "v1 still running", func() bool { b, _ := os.ReadFile(out); return string(b) == "v1\n" })
+	version("v2")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "the reload", func() bool { return strings.Contains(p.stderr.String(), "msg=\"hook reloaded\"") })
+	time.Sleep(50 * time.Millisecond)
+	knockWith(t, "-p", formatPorts(ports), "127.0.0.1")
+	waitFor(t, "v2 running", func() bool { b, _ := os.ReadFile(out); return string(b) == "v1\nv2\n" })
+}
+
+// knockd's client speaks plain knocks: it must unlock knockknock.
+func TestE2EKnockdClientUnlocks(t *testing.T) {
+	knockd, err := exec.LookPath("knock")
+	if err != nil {
+		t.Skip("SKIP: knockd's knock client is not installed (apt-get install knockd)")
+	}
+	s := startRecording(t)
+	args := []string{"-u", "127.0.0.1"}
+	for _, p := range s.ports {
+		args = append(args, strconv.Itoa(int(p)))
+	}
+	if out, err := exec.Command(knockd, args...).CombinedOutput(); err != nil {
+		t.Fatalf("knock %v: %v\n%s", args, err, out)
+	}
+	waitFor(t, "unlock by knockd's client", func() bool { return s.rec.count("unlock ip=127.0.0.1 ") == 1 })
+}
+
+// nmap must see what SPEC says before and after the knock. Each run scans one port, in an order
+// that cannot complete the sequence.
+func TestE2ENmapSeesThePortsChange(t *testing.T) {
+	if _, err := exec.LookPath("nmap"); err != nil {
+		t.Skip("SKIP: nmap is not installed (apt-get install nmap)")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("SKIP: nmap -sU needs root")
+	}
+	ports := []uint16{freePort(t), freePort(t), freePort(t)}
+	svc := freePort(t)
+	p := startServer(t, "-p", formatPorts(ports), "--hook", "hooks/unlock.lua", "--hook-arg", fmt.Sprintf("port=%d", svc))
+	scan := func(port uint16) string {
+		out, err := exec.Command("nmap", "-n", "-Pn", "-sU", "-p", strconv.Itoa(int(port)), "127.0.0.1").CombinedOutput()
+		if err != nil {
+			t.Fatalf("nmap: %v\n%s", err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == fmt.Sprintf("%d/udp", port) {
+				return f[1]
+			}
+		}
+		t.Fatalf("nmap output has no line for %d:\n%s", port, out)
+		return ""
+	}
+	order := []uint16{svc, ports[2], ports[1], ports[0]}
+	for _, port := range order {
+		want := "open|filtered"
+		if port == svc {
+			want = "closed"
+		}
+		if got := scan(port); got != want {
+			t.Errorf("before the knock: port %d is %s, want %s", port, got, want)
+		}
+	}
+	if strings.Contains(p.stderr.String(), "msg=unlock") {
+		t.Fatal("the scans unlocked the server")
+	}
+	knockWith(t, "-p", formatPorts(ports), "127.0.0.1")
+	waitFor(t, "the service", func() bool { return strings.Contains(p.stderr.String(), "service started") })
+	for _, port := range order {
+		want := "closed"
+		if port == svc {
+			want = "open"
+		}
+		if got := scan(port); got != want {
+			t.Errorf("after the knock: port %d is %s, want %s", port, got, want)
+		}
+	}
+	if body := httpGet(t, svc); !strings.Contains(body, "127.0.0.1") {
+		t.Errorf("service answered %q", body)
+	}
+}
+
+func TestE2EAuthenticatedKnocks(t *testing.T) {
+	secretPath := filepath.Join(t.TempDir(), "secret")
+	if _, _, code := runKK(t, "keygen", secretPath); code != 0 {
+		t.Fatal("keygen failed")
+	}
+	secret, _ := loadSecret(secretPath)
+	s := startRecording(t, "--secret-file", secretPath, "--timeout", "2s")
+	target := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port) }
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	send := func(payload []byte, port uint16) {
+		if _, err := conn.WriteToUDPAddrPort(payload, target(port)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Plain knocks do nothing.
+	knockWith(t, "-p", s.portList(), "127.0.0.1")
+	time.Sleep(700 * time.Millisecond)
+	if n := len(s.rec.lines()); n != 1 {
+		t.Fatalf("plain knocks reached the hook in authenticated mode: %q", s.rec.lines())
+	}
+
+	// An authenticated knock unlocks, even with a spoofed plain wrong port in the middle.
+	mac := newTokenMAC(secret)
+	var captured [][]byte
+	for i, port := range s.ports {
+		tok, _ := appendToken(nil, mac, i, port, time.Now())
+		captured = append(captured, tok)
+		send(tok, port)
+		send(nil, s.ports[(i+2)%3]) // unauthenticated: must not reset anything
+		time.Sleep(5 * time.Millisecond)
+	}
+	waitFor(t, "the authenticated unlock", func() bool { return s.rec.count("unlock") == 1 })
+
+	// The same datagrams replayed verbatim unlock nothing.
+	for i, tok := range captured {
+		send(tok, s.ports[i])
+	}
+	time.Sleep(700 * time.Millisecond)
+	if n := s.rec.count("unlock"); n != 1 {
+		t.Fatalf("a replayed knock unlocked (%d unlocks)", n)
+	}
+
+	// The client speaks it too.
+	knockWith(t, "--secret-file", secretPath, "-p", s.portList(), "127.0.0.1")
+	waitFor(t, "the client's authenticated unlock", func() bool { return s.rec.count("unlock") == 2 })
+}
