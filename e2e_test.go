@@ -203,9 +203,18 @@ func TestE2EWrongOrderAndLateKnocksDoNotUnlock(t *testing.T) {
 	if s.rec.count("unlock") != 0 || !strings.Contains(strings.Join(s.rec.lines(), "\n"), "reason=wrong_port") {
 		t.Fatalf("wrong order: %q", s.rec.lines())
 	}
-	knockWith(t, "-p", formatPorts(p[:2]), "127.0.0.1")
-	time.Sleep(800 * time.Millisecond)
-	knockWith(t, "-p", formatPorts(p[2:]), "127.0.0.1")
+	// Sent from this process: starting a client process could take longer than the timeout.
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for i, port := range p {
+		if i == 2 {
+			time.Sleep(700 * time.Millisecond)
+		}
+		conn.WriteToUDPAddrPort(nil, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port))
+	}
 	waitFor(t, "the timeout failure", func() bool { return strings.Contains(strings.Join(s.rec.lines(), "\n"), "reason=timeout") })
 	if s.rec.count("unlock") != 0 {
 		t.Fatalf("a late knock unlocked: %q", s.rec.lines())
