@@ -287,7 +287,7 @@ function on_unlock(ev)
 end
 `, nil)
 	go s.hooks.run(s.hook)
-	s.hooks.enqueue(&event{kind: eventUnlock, from: key("192.0.2.7"), port: 1})
+	s.hooks.enqueue(event{kind: eventUnlock, from: key("192.0.2.7"), port: 1})
 	waitFor(t, "the hook error in the log", func() bool { return strings.Contains(s.logs.String(), "hook_error") })
 	s.hooks.stop()
 	if logs := s.logs.String(); !strings.Contains(logs, "test.lua:3: boom for 192.0.2.7") {

@@ -609,12 +609,14 @@ type banRecord struct {
 	until       int64
 }
 
-// shard is one lock's worth of clients: an index, a slab of client slots, a free list, and a
-// doubly linked list through the slots in order of last activity (head: most recent).
+// shard is one lock's worth of clients: an index, client slots allocated in fixed chunks (a
+// growing slice would waste up to half its capacity), a free list, and a doubly linked list
+// through the slots in order of last activity (head: most recent).
 type shard struct {
 	mu         sync.Mutex
 	index      map[addrKey]int32
-	slots      []client
+	chunks     [][]client
+	used       int32 // slots handed out so far
 	free       []int32
 	head, tail int32
 	limit      int
@@ -622,7 +624,13 @@ type shard struct {
 	_          [64]byte // keep neighbouring shards' locks off one cache line
 }
 
-const noSlot = -1
+const (
+	noSlot    = -1
+	chunkBits = 6
+	chunkSize = 1 << chunkBits
+)
+
+func (s *shard) slot(i int32) *client { return &s.chunks[i>>chunkBits][i&(chunkSize-1)] }
 
 // tracker holds every client's progress, sharded by address so that listeners rarely contend.
 type tracker struct {
@@ -630,7 +638,7 @@ type tracker struct {
 	shards    []shard
 	mask      uint64
 	seed      maphash.Seed
-	emit      func(*event) // called without any shard lock held
+	emit      func(event) // called without any shard lock held; never blocks
 	wantKnock atomic.Bool  // report every knock (on_knock or --verbose)
 	banAfter  int32
 	banWindow int64
@@ -638,7 +646,7 @@ type tracker struct {
 	evicted   atomic.Uint64
 }
 
-func newTracker(c *config, emit func(*event)) *tracker {
+func newTracker(c *config, emit func(event)) *tracker {
 	nshards := 1
 	for nshards < 64 && c.maxClients/(nshards*2) >= 1024 {
 		nshards *= 2
@@ -705,10 +713,10 @@ func (t *tracker) knock(k knock) {
 	t.settle(s, c, k.ts-reorderWindow, &out)
 	s.mu.Unlock()
 	if t.wantKnock.Load() {
-		t.emit(&event{kind: eventKnock, from: k.from, srcPort: k.srcPort, port: k.port, ts: k.ts})
+		t.emit(event{kind: eventKnock, from: k.from, srcPort: k.srcPort, port: k.port, ts: k.ts})
 	}
 	for i := 0; i < out.n; i++ {
-		t.emit(&out.events[i])
+		t.emit(out.events[i])
 	}
 }
 
@@ -717,7 +725,7 @@ func (s *shard) lookup(k addrKey, t *tracker) *client {
 	if i, ok := s.index[k]; ok {
 		s.unlink(i)
 		s.pushFront(i)
-		return &s.slots[i]
+		return s.slot(i)
 	}
 	if len(s.index) >= s.limit {
 		victim := s.tail
@@ -729,20 +737,24 @@ func (s *shard) lookup(k addrKey, t *tracker) *client {
 		i = s.free[n-1]
 		s.free = s.free[:n-1]
 	} else {
-		s.slots = append(s.slots, client{})
-		i = int32(len(s.slots) - 1)
+		if int(s.used) == len(s.chunks)*chunkSize {
+			s.chunks = append(s.chunks, make([]client, chunkSize))
+		}
+		i = s.used
+		s.used++
 	}
-	s.slots[i] = client{key: k}
+	c := s.slot(i)
+	*c = client{key: k}
 	s.index[k] = i
 	s.pushFront(i)
-	return &s.slots[i]
+	return c
 }
 
 func (s *shard) pushFront(i int32) {
-	c := &s.slots[i]
+	c := s.slot(i)
 	c.prev, c.next = noSlot, s.head
 	if s.head != noSlot {
-		s.slots[s.head].prev = i
+		s.slot(s.head).prev = i
 	}
 	s.head = i
 	if s.tail == noSlot {
@@ -751,14 +763,14 @@ func (s *shard) pushFront(i int32) {
 }
 
 func (s *shard) unlink(i int32) {
-	c := &s.slots[i]
+	c := s.slot(i)
 	if c.prev != noSlot {
-		s.slots[c.prev].next = c.next
+		s.slot(c.prev).next = c.next
 	} else {
 		s.head = c.next
 	}
 	if c.next != noSlot {
-		s.slots[c.next].prev = c.prev
+		s.slot(c.next).prev = c.prev
 	} else {
 		s.tail = c.prev
 	}
@@ -766,7 +778,7 @@ func (s *shard) unlink(i int32) {
 
 func (s *shard) remove(i int32) {
 	s.unlink(i)
-	delete(s.index, s.slots[i].key)
+	delete(s.index, s.slot(i).key)
 	s.free = append(s.free, i)
 }
 
@@ -856,13 +868,13 @@ func (t *tracker) sweep(now int64) {
 		var out outbox
 		s.mu.Lock()
 		for j := s.head; j != noSlot; {
-			c := &s.slots[j]
+			c := s.slot(j)
 			next := c.next
 			if c.npending > 0 {
 				out.n = 0
 				t.settle(s, c, now-reorderWindow, &out)
 				for e := range out.n { // emit never blocks, so the lock may stay held
-					t.emit(&out.events[e])
+					t.emit(out.events[e])
 				}
 			}
 			if c.npending == 0 && t.idle(&c.progress, now) {
@@ -1446,13 +1458,13 @@ func firstLine(s string) string {
 
 // enqueue is the tracker's emit function: it never blocks. Knock and fail events only use half
 // of the queue, so that a flood of them cannot crowd out unlocks.
-func (h *hookRuntime) enqueue(e *event) {
+func (h *hookRuntime) enqueue(e event) {
 	if e.kind != eventUnlock && len(h.events) >= hookQueueLen/2 {
 		h.dropped.Add(1)
 		return
 	}
 	select {
-	case h.events <- *e:
+	case h.events <- e:
 	default:
 		h.dropped.Add(1)
 	}

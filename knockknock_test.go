@@ -95,9 +95,9 @@ type recorder struct {
 	events []event
 }
 
-func (r *recorder) emit(e *event) {
+func (r *recorder) emit(e event) {
 	r.mu.Lock()
-	r.events = append(r.events, *e)
+	r.events = append(r.events, e)
 	r.mu.Unlock()
 }
 

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# demo.sh: the original port-knocking demonstration, checked step by step.
+#
+#   scan before -> wrong order (locked) -> knock interrupted by the timeout (locked)
+#   -> correct knock -> scan after (8080 open, knock ports closed) -> a request to 8080
+#
+# It builds knockknock once, starts it with the default hook, and stops it on any exit. Each step
+# is checked; the first that does not hold ends the demo with a non-zero exit. It uses nmap where
+# installed and falls back to ss. Ports 123, 456 and 789 need root; as another user the demo
+# knocks on 10123, 10456 and 10789 instead.
+#
+# The scans never unlock by themselves: each nmap run scans one port, in an order that cannot
+# complete the sequence (see "A scan can knock" in README.md).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+host=127.0.0.1
+service=8080
+timeout=2
+if [ "$(id -u)" -eq 0 ]; then
+  k1=123 k2=456 k3=789
+else
+  k1=10123 k2=10456 k3=10789
+  echo "(not root: knocking on $k1,$k2,$k3 instead of 123,456,789)"
+fi
+ports="$k1,$k2,$k3"
+
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+step() { printf '\n== %s\n' "$*"; }
+say() { printf '   %s\n' "$*"; }
+fail() {
+  printf '\nFAILED: %s\n' "$*" >&2
+  if [ -f "$work/server.log" ]; then
+    printf -- '--- server log\n' >&2
+    cat "$work/server.log" >&2
+  fi
+  exit 1
+}
+
+# state PORT: the state of UDP PORT as a scanner sees it: open, closed or open|filtered.
+if command -v nmap >/dev/null 2>&1; then
+  scanner="nmap -sU (one port per run)"
+  state() {
+    nmap -n -Pn -sU -p "$1" "$host" 2>/dev/null | awk -v p="$1/udp" '$1 == p { print $2 }'
+  }
+else
+  scanner="ss (nmap is not installed)"
+  # ss sees sockets, not what the network sees: a bound knock port is what nmap calls open|filtered.
+  state() {
+    if ss -Hlnu "sport = :$1" | grep -q .; then
+      if [ "$1" = "$service" ]; then echo open; else echo "open|filtered"; fi
+    else
+      echo closed
+    fi
+  }
+fi
+
+expect_state() { # PORT WANT
+  local got
+  got=$(state "$1")
+  say "$(printf '%-6s %s' "$1/udp" "$got")"
+  [ "$got" = "$2" ] || fail "port $1 is ${got:-unknown}, expected $2"
+}
+
+locked() {
+  if curl -s --max-time 2 "http://$host:$service/" >/dev/null 2>&1; then
+    fail "port $service answers: the server unlocked when it should not have"
+  fi
+  say "http://$host:$service/ refuses the connection: still locked"
+}
+
+knock() { # PORT...
+  say "knock $*"
+  "$work/knockknock" knock --delay 50ms "$host" "$@" >/dev/null
+}
+
+step "Build"
+go build -o "$work/knockknock" knockknock.go
+say "built knockknock"
+
+step "Start the server: knock ports $ports, timeout ${timeout}s, default hook"
+"$work/knockknock" --ports "$ports" --timeout "$timeout" >"$work/server.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 100); do
+  grep -q 'msg=listening' "$work/server.log" && break
+  kill -0 "$server_pid" 2>/dev/null || fail "the server did not start"
+  sleep 0.05
+done
+grep -q 'msg=listening' "$work/server.log" || fail "the server is not listening"
+say "listening (pid $server_pid)"
+
+step "Scan before the knock, with $scanner"
+expect_state "$service" closed
+expect_state "$k3" "open|filtered"
+expect_state "$k2" "open|filtered"
+expect_state "$k1" "open|filtered"
+
+step "Knock in the wrong order: $k1, $k3, $k2"
+knock "$k1" "$k3" "$k2"
+sleep 0.3
+locked
+
+step "Knock interrupted by the timeout: $k1, $k2, a pause of $((timeout + 1))s, then $k3"
+knock "$k1" "$k2"
+say "(waiting $((timeout + 1))s)"
+sleep $((timeout + 1))
+knock "$k3"
+sleep 0.3
+locked
+
+step "Knock correctly: $k1, $k2, $k3"
+knock "$k1" "$k2" "$k3"
+for _ in $(seq 50); do
+  grep -q 'msg="service started"' "$work/server.log" && break
+  sleep 0.05
+done
+grep -q 'msg="service started"' "$work/server.log" || fail "the correct knock did not unlock"
+say "unlocked: $(grep -m1 'msg=unlock' "$work/server.log" | sed 's/.*msg=unlock //')"
+
+step "Scan after the knock, with $scanner"
+expect_state "$k1" closed
+expect_state "$k2" closed
+expect_state "$k3" closed
+expect_state "$service" open
+
+step "Request the main service"
+say "curl http://$host:$service/"
+reply=$(curl -s --max-time 5 "http://$host:$service/") || fail "no answer from port $service"
+say "$reply"
+case "$reply" in *"$host"*) ;; *) fail "unexpected answer: $reply" ;; esac
+
+step "Done: every step held"
