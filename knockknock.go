@@ -639,7 +639,7 @@ type tracker struct {
 	mask      uint64
 	seed      maphash.Seed
 	emit      func(event) // called without any shard lock held; never blocks
-	wantKnock atomic.Bool  // report every knock (on_knock or --verbose)
+	wantKnock atomic.Bool // report every knock (on_knock or --verbose)
 	banAfter  int32
 	banWindow int64
 	banTime   int64
