@@ -584,7 +584,7 @@ type event struct {
 // it; a failure only becomes final once the knocks behind it are older than reorderWindow.
 const (
 	pendingMax    = 4
-	reorderWindow = int64(500 * time.Millisecond)
+	reorderWindow = int64(time.Second)
 )
 
 type pendingKnock struct {
@@ -625,9 +625,10 @@ type shard struct {
 }
 
 const (
-	noSlot    = -1
-	chunkBits = 6
-	chunkSize = 1 << chunkBits
+	noSlot             = -1
+	chunkBits          = 6
+	chunkSize          = 1 << chunkBits
+	preallocateClients = 1 << 17
 )
 
 func (s *shard) slot(i int32) *client { return &s.chunks[i>>chunkBits][i&(chunkSize-1)] }
@@ -643,7 +644,7 @@ type tracker struct {
 	banAfter  int32
 	banWindow int64
 	banTime   int64
-	evicted   atomic.Uint64
+	evicted   atomic.Uint64 // clients whose attempt in progress was dropped to make room
 }
 
 func newTracker(c *config, emit func(event)) *tracker {
@@ -672,7 +673,13 @@ func newTracker(c *config, emit func(event)) *tracker {
 		if i < c.maxClients%nshards {
 			s.limit++
 		}
-		s.index = make(map[addrKey]int32, min(s.limit, 256))
+		// Up to preallocateClients the table is made whole now, so that a burst of new clients
+		// neither allocates nor waits for the garbage collector on the knock path.
+		prealloc := min(s.limit, preallocateClients/nshards)
+		s.index = make(map[addrKey]int32, prealloc)
+		for range (prealloc + chunkSize - 1) / chunkSize {
+			s.chunks = append(s.chunks, make([]client, chunkSize))
+		}
 		s.head, s.tail = noSlot, noSlot
 		s.bans = make(map[addrKey]banRecord)
 	}
@@ -728,9 +735,7 @@ func (s *shard) lookup(k addrKey, t *tracker) *client {
 		return s.slot(i)
 	}
 	if len(s.index) >= s.limit {
-		victim := s.tail
-		s.remove(victim)
-		t.evicted.Add(1)
+		s.evict(t)
 	}
 	var i int32
 	if n := len(s.free); n > 0 {
@@ -748,6 +753,21 @@ func (s *shard) lookup(k addrKey, t *tracker) *client {
 	s.index[k] = i
 	s.pushFront(i)
 	return c
+}
+
+// evict makes room for one client. It prefers, among the least recently seen, one with no
+// attempt in progress (it is only remembered to recognise retransmissions); failing that, the
+// least recently seen client loses its attempt.
+func (s *shard) evict(t *tracker) {
+	victim := s.tail
+	for n, j := 0, s.tail; n < 16 && j != noSlot; n, j = n+1, s.slot(j).prev {
+		if c := s.slot(j); c.npending == 0 && c.progress.step == 0 {
+			s.remove(j)
+			return
+		}
+	}
+	s.remove(victim)
+	t.evicted.Add(1)
 }
 
 func (s *shard) pushFront(i int32) {
@@ -1304,7 +1324,7 @@ func (s *server) janitor(stop <-chan struct{}) {
 				reportedDrops = d
 			}
 			if e := s.tracker.evicted.Load(); e != reportedEvictions {
-				s.log.Warn("client table full: least recently seen clients evicted", "event", "overload", "evicted", e-reportedEvictions, "max_clients", s.cfg.maxClients)
+				s.log.Warn("client table full: attempts in progress dropped", "event", "overload", "evicted", e-reportedEvictions, "max_clients", s.cfg.maxClients)
 				reportedEvictions = e
 			}
 		}

@@ -261,7 +261,7 @@ func TestTrackerBans(t *testing.T) {
 	ip := key("198.51.100.4")
 	tr.knock(knock{from: ip, port: 2, ts: at(0)})
 	tr.knock(knock{from: ip, port: 3, ts: at(2 * time.Second)})
-	tr.sweep(at(3 * time.Second))
+	tr.sweep(at(2*time.Second) + reorderWindow + 1)
 	if n := rec.count(eventFail, reasonBanned); n != 1 {
 		t.Fatalf("got %d bans after 2 failures, want 1: %+v", n, rec.events)
 	}
