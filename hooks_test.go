@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -380,4 +381,49 @@ func portFree(port uint16) bool {
 	}
 	c.Close()
 	return true
+}
+
+func TestShippedHooksLoad(t *testing.T) {
+	for _, path := range []string{"hooks/unlock.lua", "hooks/allow-client.lua", "hooks/log-only.lua", "scripts/bench.lua", "testdata/record.lua"} {
+		src, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(string(src), "--") {
+			t.Errorf("%s does not start with a comment saying what it does", path)
+		}
+		proto, err := compileHook(path, src)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		s := &server{cfg: testConfig(1, 2), log: slog.New(slog.DiscardHandler)}
+		s.cfg.hookTimeout, s.cfg.hookName = time.Second, path
+		if _, err := newHookRuntime(s, proto, true).load(proto); err != nil {
+			t.Errorf("%s: %v", path, err)
+		}
+	}
+	if embedded, _ := os.ReadFile(defaultHookPath); !bytes.Equal(embedded, embeddedHook) {
+		t.Error("the embedded default hook differs from hooks/unlock.lua")
+	}
+}
+
+func TestAllowClientHook(t *testing.T) {
+	port := freePort(t)
+	src, _ := os.ReadFile("hooks/allow-client.lua")
+	s := mustLuaServer(t, string(src), func(c *config) {
+		c.hookArgs = [][2]string{{"port", fmt.Sprint(port)}, {"seconds", "0.5"}}
+	})
+	go s.hooks.run(s.hook)
+	defer s.hooks.stop()
+	waitFor(t, "the service", func() bool { return strings.Contains(s.logs.String(), "service started") })
+	if _, err := tryHTTPGet(port); err == nil {
+		t.Fatal("a client that did not knock got through")
+	}
+	s.hooks.enqueue(event{kind: eventUnlock, from: key("127.0.0.1"), port: 1})
+	waitFor(t, "access granted", func() bool { return strings.Contains(s.logs.String(), "access granted") })
+	httpGet(t, port)
+	time.Sleep(600 * time.Millisecond)
+	if _, err := tryHTTPGet(port); err == nil {
+		t.Fatal("access did not expire after 0.5 s")
+	}
 }

@@ -1361,20 +1361,21 @@ type afterCall struct {
 }
 
 type hookRuntime struct {
-	srv     *server
-	log     *slog.Logger
-	proto   *lua.FunctionProto
-	dry     bool // check: load the hook without side effects
-	hook    *luaHook
-	seqLua  []lua.LValue
-	events  chan event
-	afters  chan afterCall
-	reloads chan chan error
-	quit    chan struct{}
-	done    chan struct{}
-	dropped atomic.Uint64
-	unlocks atomic.Uint64
-	latency latencyHistogram // from the final knock's receive time to on_unlock's start
+	srv        *server
+	log        *slog.Logger
+	proto      *lua.FunctionProto
+	dry        bool // check: load the hook without side effects
+	hook       *luaHook
+	seqLua     []lua.LValue
+	events     chan event
+	afters     chan afterCall
+	reloads    chan chan error
+	quit       chan struct{}
+	done       chan struct{}
+	dropped    atomic.Uint64
+	unlocks    atomic.Uint64
+	lastUnlock atomic.Int64     // when on_unlock last started (unix ns)
+	latency    latencyHistogram // from the final knock's receive time to on_unlock's start
 }
 
 func newHookRuntime(s *server, proto *lua.FunctionProto, dry bool) *hookRuntime {
@@ -1536,8 +1537,10 @@ func (h *hookRuntime) dispatch(e *event) {
 	ip := e.from.addr().String()
 	switch e.kind {
 	case eventUnlock:
+		now := time.Now().UnixNano()
 		h.unlocks.Add(1)
-		h.latency.record(time.Now().UnixNano() - e.ts)
+		h.lastUnlock.Store(now)
+		h.latency.record(now - e.ts)
 		h.log.Info("unlock", "event", "unlock", "ip", ip, "port", e.port, "source_port", e.srcPort, "elapsed", time.Duration(e.elapsed).Round(time.Microsecond).String())
 		h.callEvent("on_unlock", h.hook.fns.unlock, e, ip)
 	case eventFail:
@@ -2497,6 +2500,6 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, stdout, stde
 	s.hooks.stop()
 	s.stopServices()
 	log.Info("stopped", "event", "stopped", "unlocks", s.hooks.unlocks.Load(), "hook_events_dropped", s.hooks.dropped.Load(),
-		"rejected", s.rejected.Load(), "hook_latency_p50", s.hooks.latency.quantile(0.5).String(), "hook_latency_p99", s.hooks.latency.quantile(0.99).String())
+		"rejected", s.rejected.Load(), "last_unlock_unix_ns", s.hooks.lastUnlock.Load(), "hook_latency_p50", s.hooks.latency.quantile(0.5).String(), "hook_latency_p99", s.hooks.latency.quantile(0.99).String())
 	return exitOK
 }
