@@ -5,6 +5,7 @@
 //	loadgen send -ports ... -clients 2000 -gap 2ms -concurrency 16
 //	loadgen send -ports ... -clients 200000 -partial     (a flood of first knocks only)
 //	loadgen sink -ports ...                               (counts until -idle passes quietly)
+//	loadgen bench -knockknock BIN [-knockd BIN] -out DIR   (scripts/bench.sh: all cases, 3 servers)
 //
 // Client i sends from 127.1.0.1 + i (Linux: IP_PKTINFO picks each datagram's source address on one
 // socket, so 100,000 clients need no 100,000 sockets). Both modes print one JSON object.
@@ -27,11 +28,15 @@ import (
 )
 
 func main() {
-	if len(os.Args) < 2 || (os.Args[1] != "send" && os.Args[1] != "sink") {
-		fmt.Fprintln(os.Stderr, "usage: loadgen send|sink [flags]")
+	if len(os.Args) < 2 || (os.Args[1] != "send" && os.Args[1] != "sink" && os.Args[1] != "bench") {
+		fmt.Fprintln(os.Stderr, "usage: loadgen send|sink|bench [flags]")
 		os.Exit(2)
 	}
 	mode := os.Args[1]
+	if mode == "bench" {
+		benchMain(os.Args[2:])
+		return
+	}
 	fs := flag.NewFlagSet(mode, flag.ExitOnError)
 	portsFlag := fs.String("ports", "40123,40456,40789", "knock sequence")
 	host := fs.String("host", "127.0.0.1", "target (loopback only)")
@@ -61,7 +66,7 @@ func main() {
 	if *partial {
 		ports = ports[:1]
 	}
-	send(dst, first, ports, *clients, *concurrency, *gap)
+	report(send(dst, first, ports, *clients, *concurrency, *gap))
 }
 
 func fail(err error) {
@@ -115,7 +120,7 @@ type sendReport struct {
 	Seconds     float64 `json:"send_seconds"`
 }
 
-func send(dst, first netip.Addr, ports []uint16, clients, concurrency int, gap time.Duration) {
+func send(dst, first netip.Addr, ports []uint16, clients, concurrency int, gap time.Duration) sendReport {
 	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4zero})
 	if err != nil {
 		fail(err)
@@ -158,8 +163,8 @@ func send(dst, first netip.Addr, ports []uint16, clients, concurrency int, gap t
 	if len(ports) == 1 {
 		mode = "first-knocks"
 	}
-	report(sendReport{Mode: mode, Clients: clients, Datagrams: sent.Load(), Errors: errs.Load(), Gap: gap.String(),
-		Concurrency: concurrency, Start: start.UnixNano(), End: end.UnixNano(), Seconds: end.Sub(start).Seconds()})
+	return sendReport{Mode: mode, Clients: clients, Datagrams: sent.Load(), Errors: errs.Load(), Gap: gap.String(),
+		Concurrency: concurrency, Start: start.UnixNano(), End: end.UnixNano(), Seconds: end.Sub(start).Seconds()}
 }
 
 type sinkReport struct {
