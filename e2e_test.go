@@ -328,12 +328,36 @@ func TestE2EPortInUseExits1NamingIt(t *testing.T) {
 }
 
 func TestE2EPrivilegedPortNamesTheCapability(t *testing.T) {
+	cmd := exec.Command(binPath, "-p", "1,2,3")
+	cmd.Dir = filepath.Dir(binPath) // no hooks/ there: the embedded default hook
 	if os.Geteuid() == 0 {
-		t.Skip("running as root: ports below 1024 can be bound")
+		// As root, run it as nobody: the binary's directory must be reachable for that.
+		os.Chmod(filepath.Dir(binPath), 0o755)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	}
-	_, stderr, code := runKK(t, "-p", "1,2,3")
-	if code != 1 || !strings.Contains(stderr, "CAP_NET_BIND_SERVICE") {
-		t.Fatalf("exit %d, stderr %q", code, stderr)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if cmd.ProcessState == nil {
+		t.Fatal(err)
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(stderr.String(), "UDP port 1: permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE") {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+func TestE2EExampleConfig(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "secret")
+	runKK(t, "keygen", secret)
+	// The example names files under /etc/knockknock; flags override those two.
+	stdout, stderr, code := runKK(t, "check", "--config", "knockknock.ini", "--hook", "hooks/nftables.lua", "--secret-file", secret)
+	if code != 0 {
+		t.Fatalf("check --config knockknock.ini: exit %d\n%s%s", code, stdout, stderr)
+	}
+	for _, want := range []string{"ports:        7000,9000,8000,7500", "decoys:       7200,8500", "hook-arg:     port=22", "authenticated", "log-format:   json"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("check output lacks %q:\n%s", want, stdout)
+		}
 	}
 }
 

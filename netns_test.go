@@ -113,7 +113,15 @@ func testFirewallHook(t *testing.T, hook string, grants func(n netnsPair) int, l
 			}
 		}
 		if c.srv == srvV4 {
-			waitFor(t, "two grants", func() bool { return strings.Count(kk.stderr.String(), "access granted\" event=hook ip="+cliV4) == 2 })
+			waitFor(t, "two grants", func() bool {
+				granted := 0
+				for _, line := range strings.Split(kk.stderr.String(), "\n") {
+					if strings.Contains(line, "access granted") && strings.Contains(line+" ", " ip="+cliV4+" ") {
+						granted++
+					}
+				}
+				return granted == 2
+			})
 			if g := grants(n); g != 1 {
 				t.Fatalf("%d grants for %s after two knocks, want 1", g, cliV4)
 			}
