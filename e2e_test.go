@@ -518,29 +518,24 @@ func TestE2ENmapSeesThePortsChange(t *testing.T) {
 		return ""
 	}
 	order := []uint16{svc, ports[2], ports[1], ports[0]}
-	for _, port := range order {
-		want := "open|filtered"
-		if port == svc {
-			want = "closed"
-		}
-		if got := scan(port); got != want {
-			t.Errorf("before the knock: port %d is %s, want %s", port, got, want)
+	expect := func(when, knockPorts, service string) {
+		for _, port := range order {
+			want := knockPorts
+			if port == svc {
+				want = service
+			}
+			if got := scan(port); got != want {
+				t.Errorf("%s the knock: port %d is %s, want %s", when, port, got, want)
+			}
 		}
 	}
+	expect("before", "open|filtered", "closed")
 	if strings.Contains(p.stderr.String(), "msg=unlock") {
 		t.Fatal("the scans unlocked the server")
 	}
 	knockWith(t, "-p", formatPorts(ports), "127.0.0.1")
 	waitFor(t, "the service", func() bool { return strings.Contains(p.stderr.String(), "service started") })
-	for _, port := range order {
-		want := "closed"
-		if port == svc {
-			want = "open"
-		}
-		if got := scan(port); got != want {
-			t.Errorf("after the knock: port %d is %s, want %s", port, got, want)
-		}
-	}
+	expect("after", "closed", "open")
 	if body := httpGet(t, svc); !strings.Contains(body, "127.0.0.1") {
 		t.Errorf("service answered %q", body)
 	}

@@ -384,7 +384,7 @@ func portFree(port uint16) bool {
 }
 
 func TestShippedHooksLoad(t *testing.T) {
-	for _, path := range []string{"hooks/unlock.lua", "hooks/allow-client.lua", "hooks/log-only.lua", "scripts/bench.lua", "testdata/record.lua"} {
+	for _, path := range []string{"hooks/unlock.lua", "hooks/allow-client.lua", "hooks/log-only.lua", "hooks/nftables.lua", "hooks/iptables.lua", "scripts/bench.lua", "testdata/record.lua"} {
 		src, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
