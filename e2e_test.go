@@ -361,6 +361,16 @@ func TestE2EExampleConfig(t *testing.T) {
 	}
 }
 
+func TestE2EKnockReportsAnUnresolvableHost(t *testing.T) {
+	// Names the resolver refuses without asking the network.
+	for _, args := range [][]string{{"knock", "bad..name"}, {"knock", "-6", "127.0.0.1"}} {
+		_, stderr, code := runKK(t, args...)
+		if code != 1 || !strings.HasPrefix(stderr, "knockknock: cannot resolve") || strings.Contains(stderr, "<nil>") || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("%v: exit %d, stderr %q", args, code, stderr)
+		}
+	}
+}
+
 func TestE2EHelpExits0(t *testing.T) {
 	for _, args := range [][]string{{"--help"}, {"-h"}, {"knock", "--help"}, {"check", "--help"}} {
 		stdout, _, code := runKK(t, args...)

@@ -499,11 +499,10 @@ const (
 
 // progress is one client's position in the sequence.
 type progress struct {
-	first    int64 // when the attempt's first knock arrived (unix ns)
-	last     int64 // when the previous counted knock arrived
-	step     uint8 // ports matched so far
-	seen     bool  // last and lastPort are set
-	lastPort uint16
+	first    int64  // when the attempt's first knock arrived (unix ns)
+	last     int64  // when the previous counted knock arrived
+	step     uint8  // ports matched so far
+	lastPort uint16 // the port of the previous knock (last is 0 before the first)
 }
 
 // rules are the knock semantics of SPEC, applied to one client's knocks in time order.
@@ -523,7 +522,7 @@ func (r *rules) apply(p *progress, port uint16, ts int64) (verdict, failReason) 
 		p.step, why = 0, reasonTimeout
 	}
 	if port != r.seq[p.step] {
-		if why == reasonNone && p.seen && port == p.lastPort && ts-p.last <= r.retransmit {
+		if why == reasonNone && p.last != 0 && port == p.lastPort && ts-p.last <= r.retransmit {
 			return verdictIgnored, reasonNone
 		}
 		if why == reasonNone {
@@ -534,7 +533,7 @@ func (r *rules) apply(p *progress, port uint16, ts int64) (verdict, failReason) 
 		}
 		p.step = 0
 		if port != r.seq[0] {
-			p.last, p.lastPort, p.seen = ts, port, true
+			p.last, p.lastPort = ts, port
 			return verdictRejected, why
 		}
 	}
@@ -542,7 +541,7 @@ func (r *rules) apply(p *progress, port uint16, ts int64) (verdict, failReason) 
 		p.first = ts
 	}
 	p.step++
-	p.last, p.lastPort, p.seen = ts, port, true
+	p.last, p.lastPort = ts, port
 	if int(p.step) == len(r.seq) {
 		p.step = 0
 		return verdictUnlocked, why
@@ -692,7 +691,7 @@ func (t *tracker) shardOf(k addrKey) *shard {
 
 // outbox collects the events of one knock while the shard is locked; they are emitted after.
 type outbox struct {
-	events [pendingMax + 2]event
+	events [2 * (pendingMax + 1)]event // each knock settled reports at most two
 	n      int
 }
 
@@ -1168,6 +1167,20 @@ func tuneSocket(conn *net.UDPConn) {
 	})
 }
 
+// receiveBufferSize is the socket's receive buffer as the kernel reports it (Linux reports twice
+// the size set, the rest being its bookkeeping).
+func receiveBufferSize(conn *net.UDPConn) int {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	size := 0
+	_ = raw.Control(func(fd uintptr) {
+		size, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF)
+	})
+	return size
+}
+
 // bindError says which port failed and why, in words a user can act on.
 func bindError(proto string, port int, err error) error {
 	why := err.Error()
@@ -1288,6 +1301,10 @@ func (s *server) openKnockPorts() error {
 		opened = append(opened, l)
 	}
 	s.listeners = opened
+	if n := receiveBufferSize(opened[0].conn); runtime.GOOS == "linux" && n > 0 && n < receiveBuffer {
+		s.log.Warn("small UDP receive buffers: a burst of knocks may be dropped; raise net.core.rmem_max (sysctl -w net.core.rmem_max=8388608) or run as root",
+			"event", "start", "receive_buffer", n)
+	}
 	for _, l := range opened {
 		s.readers.Add(1)
 		go func() {
@@ -2253,8 +2270,16 @@ func newKnockPlan(cl *commandLine) (*knockPlan, error) {
 // send resolves the host and knocks each port in turn from one socket.
 func (k *knockPlan) send(ctx context.Context) (netip.Addr, error) {
 	addrs, err := net.DefaultResolver.LookupNetIP(ctx, k.network, k.host)
-	if err != nil || len(addrs) == 0 {
-		return netip.Addr{}, fmt.Errorf("cannot resolve %q: %v", k.host, errors.Unwrap(err))
+	if err == nil && len(addrs) == 0 {
+		err = errors.New("no address")
+	}
+	if err != nil {
+		var dnsErr *net.DNSError
+		if errors.As(err, &dnsErr) {
+			err = errors.New(dnsErr.Err)
+		}
+		family := map[string]string{"ip": "", "ip4": " (IPv4)", "ip6": " (IPv6)"}[k.network]
+		return netip.Addr{}, fmt.Errorf("cannot resolve %q%s: %v", k.host, family, err)
 	}
 	dst := addrs[0].Unmap()
 	network := "udp4"
@@ -2282,7 +2307,11 @@ func (k *knockPlan) send(ctx context.Context) (netip.Addr, error) {
 			}
 		}
 		if _, err := conn.WriteToUDPAddrPort(payload, netip.AddrPortFrom(dst, port)); err != nil {
-			return dst, fmt.Errorf("knock on %s port %d failed: %v", dst, port, errors.Unwrap(err))
+			var serr *os.SyscallError
+			if errors.As(err, &serr) {
+				err = serr.Err
+			}
+			return dst, fmt.Errorf("knock on %s port %d failed: %v", dst, port, err)
 		}
 	}
 	return dst, nil
@@ -2481,7 +2510,7 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, stdout, stde
 	if s.auth != nil {
 		mode = "authenticated"
 	}
-	log.Info("listening", "event", "start", "ports", formatPorts(cfg.ports), "decoys", formatPorts(cfg.decoys),
+	log.Info("listening", "event", "start", "ports", formatPorts(cfg.ports), "decoys", orNone(formatPorts(cfg.decoys)),
 		"timeout", cfg.timeout.String(), "hook", cfg.hookName, "knocks", mode, "listen", listenOrAll(cfg.listen))
 	for sig := range signals {
 		if sig != syscall.SIGHUP {
