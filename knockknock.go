@@ -143,7 +143,8 @@ func (h *helpRequest) Error() string { return h.text }
 func parseCommandLine(args []string) (*commandLine, error) {
 	cl := &commandLine{}
 	p := newParser(cl)
-	if _, err := p.ParseArgs(args); err != nil {
+	rest, err := p.ParseArgs(args)
+	if err != nil {
 		return nil, flagsError(err)
 	}
 	if cl.global.Config != "" {
@@ -153,9 +154,12 @@ func parseCommandLine(args []string) (*commandLine, error) {
 		if err := flags.NewIniParser(p).ParseFile(path); err != nil {
 			return nil, iniError(path, err)
 		}
-		if _, err := p.ParseArgs(args); err != nil {
+		if rest, err = p.ParseArgs(args); err != nil {
 			return nil, flagsError(err)
 		}
+	}
+	if len(rest) > 0 {
+		return nil, usagef("unexpected argument %q (see knockknock --help)", rest[0])
 	}
 	cl.command = "serve"
 	if p.Active != nil {
