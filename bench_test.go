@@ -2,13 +2,17 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	lua "github.com/yuin/gopher-lua"
 )
 
 // Benchmarks for the knock path. Targets (issue 4): 0 allocs/op for the tracker and the listener
@@ -154,5 +158,36 @@ func BenchmarkVerifyToken(b *testing.B) {
 		tok[12] = byte(i >> 8) // a fresh nonce each time (the MAC then fails: the cost measured is
 		tok[13] = byte(i)      // the full MAC check, which every datagram pays)
 		a.verify(m, tok, 1000, now)
+	}
+}
+
+// BenchmarkHookUnlock: one unlock through the hook runtime: the log line, the ev table and a
+// Lua call to on_unlock (scripts/bench.lua counts it).
+func BenchmarkHookUnlock(b *testing.B) {
+	src, err := os.ReadFile("scripts/bench.lua")
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := testConfig(1000, 2000, 3000)
+	c.hookTimeout, c.hookName = time.Second, "scripts/bench.lua"
+	proto, err := compileHook(c.hookName, src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := newServer(c, slog.New(slog.NewJSONHandler(io.Discard, nil)), proto)
+	hook, err := s.hooks.load(proto)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.hooks.hook = hook
+	e := event{kind: eventUnlock, from: clientKey(7), srcPort: 40000, port: 3000, ts: time.Now().UnixNano(), elapsed: 20e6}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		s.hooks.dispatch(&e)
+	}
+	b.StopTimer()
+	if n := hook.L.GetGlobal("unlocks"); n != lua.LNumber(b.N) {
+		b.Fatalf("on_unlock counted %v, want %d", n, b.N)
 	}
 }

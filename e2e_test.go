@@ -85,7 +85,12 @@ func startServer(t *testing.T, args ...string) *proc {
 // stop sends SIGTERM and returns the exit code.
 func (p *proc) stop(t *testing.T) int {
 	t.Helper()
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	return p.stopWith(t, syscall.SIGTERM)
+}
+
+func (p *proc) stopWith(t *testing.T, sig os.Signal) int {
+	t.Helper()
+	p.cmd.Process.Signal(sig)
 	select {
 	case <-p.done:
 	case <-time.After(15 * time.Second):
@@ -186,8 +191,17 @@ func TestE2EUnlockReachesTheHook(t *testing.T) {
 			t.Errorf("ev fields from %s: %s", host, line)
 		}
 	}
-	if code := s.stop(t); code != 0 {
-		t.Fatalf("exit code %d after SIGTERM, want 0", code)
+	var knocks []string
+	for _, l := range s.rec.lines() {
+		if strings.HasPrefix(l, "knock ip=127.0.0.1 ") {
+			knocks = append(knocks, fields(l)["port"])
+		}
+	}
+	if want := strings.Split(s.portList(), ","); strings.Join(knocks, ",") != strings.Join(want, ",") {
+		t.Errorf("on_knock saw ports %v, want %v", knocks, want)
+	}
+	if code := s.stopWith(t, os.Interrupt); code != 0 {
+		t.Fatalf("exit code %d after SIGINT, want 0", code)
 	}
 	lines := s.rec.lines()
 	if lines[0] != "start" || lines[len(lines)-1] != "stop" {
@@ -571,7 +585,7 @@ func TestE2EAuthenticatedKnocks(t *testing.T) {
 		}
 	}
 
-	// Plain knocks do nothing.
+	// Plain knocks do nothing: not even on_knock sees them.
 	knockWith(t, "-p", s.portList(), "127.0.0.1")
 	time.Sleep(700 * time.Millisecond)
 	if n := len(s.rec.lines()); n != 1 {

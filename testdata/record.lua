@@ -17,3 +17,4 @@ function on_start() record("start") end
 function on_stop() record("stop") end
 function on_unlock(ev) record("unlock", ev) end
 function on_fail(ev) record("fail", ev) end
+function on_knock(ev) record("knock", ev) end
