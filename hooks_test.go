@@ -427,3 +427,18 @@ func TestAllowClientHook(t *testing.T) {
 		t.Fatal("access did not expire after 0.5 s")
 	}
 }
+
+func TestFailureLogIsRateLimited(t *testing.T) {
+	s := mustLuaServer(t, unlockStub+"fails = 0\nfunction on_fail(ev) fails = fails + 1 end\n", nil)
+	s.hooks.hook = s.hook
+	e := event{kind: eventFail, reason: reasonWrongPort, from: key("192.0.2.9"), port: 1}
+	for range 1000 {
+		s.hooks.dispatch(&e)
+	}
+	if n := strings.Count(s.logs.String(), "knock failed"); n > failLogsPerSecond*2 {
+		t.Fatalf("%d failure lines for 1000 failures; the limit is %d a second", n, failLogsPerSecond)
+	}
+	if s.global("fails") != lua.LNumber(1000) {
+		t.Fatalf("on_fail saw %v of 1000 failures", s.global("fails"))
+	}
+}

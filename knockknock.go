@@ -1394,6 +1394,7 @@ type hookRuntime struct {
 	quit       chan struct{}
 	done       chan struct{}
 	dropped    atomic.Uint64
+	failLog    rateLimit // a flood of wrong knocks must not flood the log
 	unlocks    atomic.Uint64
 	lastUnlock atomic.Int64     // when on_unlock last started (unix ns)
 	latency    latencyHistogram // from the final knock's receive time to on_unlock's start
@@ -1407,6 +1408,7 @@ func newHookRuntime(s *server, proto *lua.FunctionProto, dry bool) *hookRuntime 
 		reloads: make(chan chan error),
 		quit:    make(chan struct{}),
 		done:    make(chan struct{}),
+		failLog: rateLimit{log: s.log},
 	}
 	for _, p := range s.cfg.ports {
 		h.seqLua = append(h.seqLua, lua.LNumber(p))
@@ -1565,7 +1567,9 @@ func (h *hookRuntime) dispatch(e *event) {
 		h.log.Info("unlock", "event", "unlock", "ip", ip, "port", e.port, "source_port", e.srcPort, "elapsed", time.Duration(e.elapsed).Round(time.Microsecond).String())
 		h.callEvent("on_unlock", h.hook.fns.unlock, e, ip)
 	case eventFail:
-		h.log.Info("knock failed", "event", "fail", "ip", ip, "port", e.port, "reason", e.reason.String())
+		if h.failLog.allow(time.Now()) {
+			h.log.Info("knock failed", "event", "fail", "ip", ip, "port", e.port, "reason", e.reason.String())
+		}
 		h.callEvent("on_fail", h.hook.fns.fail, e, ip)
 	case eventKnock:
 		if h.srv.cfg.verbose {
@@ -1663,6 +1667,31 @@ func (h *hookRuntime) requestReload() error {
 	case <-h.done:
 		return errors.New("the hook runtime has stopped")
 	}
+}
+
+// rateLimit allows failLogsPerSecond lines a second and reports how many it held back.
+type rateLimit struct {
+	second     int64
+	used       int
+	suppressed int
+	log        *slog.Logger
+}
+
+const failLogsPerSecond = 200
+
+func (r *rateLimit) allow(now time.Time) bool {
+	if sec := now.Unix(); sec != r.second {
+		if r.suppressed > 0 {
+			r.log.Warn("knock failures not logged: over the rate limit", "event", "overload", "count", r.suppressed, "limit_per_second", failLogsPerSecond)
+		}
+		r.second, r.used, r.suppressed = sec, 0, 0
+	}
+	if r.used < failLogsPerSecond {
+		r.used++
+		return true
+	}
+	r.suppressed++
+	return false
 }
 
 // latencyHistogram counts durations in buckets a quarter of a power of two wide.
