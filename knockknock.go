@@ -26,6 +26,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"math/bits"
 	"net"
 	"net/http"
 	"net/netip"
@@ -77,7 +78,7 @@ type globalOptions struct {
 	Verbose     bool     `short:"v" long:"verbose" description:"log every knock"`
 	SecretFile  string   `long:"secret-file" value-name:"FILE" description:"shared secret: only authenticated knocks count (mode 0600, at least 16 bytes)"`
 	MaxSkew     string   `long:"max-skew" default:"30s" value-name:"DUR" description:"authenticated knocks: largest clock difference accepted"`
-	MaxClients  string   `long:"max-clients" default:"65536" value-name:"N" description:"most clients tracked at once; the least recently seen is evicted"`
+	MaxClients  string   `long:"max-clients" default:"65536" value-name:"N" description:"most clients tracked at once; when full, one without an attempt in progress makes room first"`
 	BanAfter    string   `long:"ban-after" default:"0" value-name:"N" description:"ban a source after N failed attempts within --ban-window (0: off)"`
 	BanWindow   string   `long:"ban-window" default:"10m" value-name:"DUR" description:"window in which failed attempts are counted"`
 	BanTime     string   `long:"ban-time" default:"1h" value-name:"DUR" description:"how long a ban lasts"`
@@ -133,7 +134,7 @@ func newParser(cl *commandLine) *flags.Parser {
 	return p
 }
 
-// errHelp is returned by parseCommandLine when --help was asked for; the text is in its message.
+// helpRequest is returned by parseCommandLine when --help was asked for; it carries the text.
 type helpRequest struct{ text string }
 
 func (h *helpRequest) Error() string { return h.text }
@@ -1694,7 +1695,8 @@ func (r *rateLimit) allow(now time.Time) bool {
 	return false
 }
 
-// latencyHistogram counts durations in buckets a quarter of a power of two wide.
+// latencyHistogram counts durations in buckets a quarter of a power of two wide, so a quantile
+// is known to within 25 %.
 type latencyHistogram struct {
 	buckets [256]atomic.Uint64
 }
@@ -1703,7 +1705,7 @@ func latencyBucket(ns int64) int {
 	if ns < 1 {
 		return 0
 	}
-	exp := 63 - leadingZeros(uint64(ns))
+	exp := 63 - bits.LeadingZeros64(uint64(ns))
 	frac := 0
 	if exp >= 2 {
 		frac = int((uint64(ns) >> (exp - 2)) & 3)
@@ -1711,21 +1713,15 @@ func latencyBucket(ns int64) int {
 	return min(exp*4+frac, 255)
 }
 
-func leadingZeros(x uint64) int {
-	n := 0
-	for x&(1<<63) == 0 && n < 64 {
-		x <<= 1
-		n++
-	}
-	return n
-}
-
 func bucketUpper(b int) int64 {
 	exp, frac := b/4, b%4
 	if exp < 2 {
 		return int64(1) << (exp + 1)
 	}
-	return (int64(4+frac+1) << (exp - 2))
+	if upper := uint64(4+frac+1) << (exp - 2); upper <= math.MaxInt64 {
+		return int64(upper)
+	}
+	return math.MaxInt64
 }
 
 func (l *latencyHistogram) record(ns int64) { l.buckets[latencyBucket(ns)].Add(1) }

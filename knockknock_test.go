@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/binary"
+	"math"
 	"net/netip"
 	"strings"
 	"sync"
@@ -476,5 +477,30 @@ func TestReceiveTime(t *testing.T) {
 	now := time.Now().UnixNano()
 	if got := receiveTime(oob[:20]); got < now {
 		t.Fatalf("truncated control data should fall back to the time now, got %d", got)
+	}
+}
+
+func TestLatencyHistogram(t *testing.T) {
+	var h latencyHistogram
+	if h.quantile(0.5) != 0 {
+		t.Fatal("an empty histogram has a median")
+	}
+	for range 980 {
+		h.record(int64(100 * time.Microsecond))
+	}
+	for range 20 {
+		h.record(int64(5 * time.Millisecond))
+	}
+	within := func(got, want time.Duration) bool { return got >= want && got <= want*5/4 }
+	if p50 := h.quantile(0.5); !within(p50, 100*time.Microsecond) {
+		t.Errorf("p50 = %v, want 100µs to 125µs", p50)
+	}
+	if p99 := h.quantile(0.99); !within(p99, 5*time.Millisecond) {
+		t.Errorf("p99 = %v, want 5ms to 6.25ms", p99)
+	}
+	for _, ns := range []int64{-5, 0, 1, 2, 3, 7, 1 << 40, math.MaxInt64} {
+		if b := latencyBucket(ns); b < 0 || b > 255 || (ns > 0 && bucketUpper(b) < ns && b < 255) {
+			t.Errorf("latencyBucket(%d) = %d, upper %d", ns, b, bucketUpper(b))
+		}
 	}
 }
