@@ -34,7 +34,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
-	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -2518,7 +2517,6 @@ func orNone(s string) string {
 
 // serve runs the server until SIGINT or SIGTERM. SIGHUP reloads the hook.
 func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, stdout, stderr io.Writer) int {
-	debug.SetGCPercent(400) // the knock path allocates nothing; the hook runtime is the garbage
 	s := newServer(cfg, log, proto)
 	hook, err := s.hooks.load(proto)
 	if err != nil {
