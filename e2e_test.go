@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -616,4 +618,46 @@ func TestE2EAuthenticatedKnocks(t *testing.T) {
 	// The client speaks it too.
 	knockWith(t, "--secret-file", secretPath, "-p", s.portList(), "127.0.0.1")
 	waitFor(t, "the client's authenticated unlock", func() bool { return s.rec.count("unlock") == 2 })
+}
+
+// A burst with no gap between knocks, from many clients at once: the listeners read the three
+// ports out of order, and kernel receive times must put every sequence back in order.
+func TestE2EZeroGapBurstAllUnlock(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("SKIP: choosing each datagram's source address needs Linux IP_PKTINFO")
+	}
+	const clients = 5000
+	ports := []uint16{freePort(t), freePort(t), freePort(t)}
+	p := startServer(t, "-p", formatPorts(ports), "--hook", "scripts/bench.lua", "--log-format", "json")
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4zero})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	oob := make([]byte, 32) // IP_PKTINFO: in_pktinfo.ipi_spec_dst is the source address
+	binary.NativeEndian.PutUint64(oob[0:], 28)
+	binary.NativeEndian.PutUint32(oob[12:], 8)
+	for i := range clients {
+		src := [4]byte{127, 3, byte(i >> 8), byte(i + 1)}
+		copy(oob[20:24], src[:])
+		for _, port := range ports {
+			if _, _, err := conn.WriteMsgUDPAddrPort(nil, oob, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	time.Sleep(1500 * time.Millisecond) // failures settle after the reorder window
+	p.stop(t)
+	var stopped struct {
+		Unlocks uint64 `json:"unlocks"`
+		Dropped uint64 `json:"hook_events_dropped"`
+	}
+	for _, line := range strings.Split(p.stderr.String(), "\n") {
+		if strings.Contains(line, `"msg":"stopped"`) {
+			json.Unmarshal([]byte(line), &stopped)
+		}
+	}
+	if stopped.Unlocks != clients || stopped.Dropped != 0 || strings.Contains(p.stderr.String(), `"event":"fail"`) {
+		t.Fatalf("%d of %d clients unlocked, %d hook events dropped, failures: %v", stopped.Unlocks, clients, stopped.Dropped, strings.Contains(p.stderr.String(), `"event":"fail"`))
+	}
 }
