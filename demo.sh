@@ -11,7 +11,7 @@
 #
 # The scans never unlock by themselves: each nmap run scans one port, in an order that cannot
 # complete the sequence (see "A scan can knock" in README.md).
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")"
 
 host=127.0.0.1
@@ -35,6 +35,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'fail "unexpected error at demo.sh line $LINENO"' ERR
 
 step() { printf '\n== %s\n' "$*"; }
 say() { printf '   %s\n' "$*"; }
@@ -79,6 +80,21 @@ locked() {
   say "http://$host:$service/ refuses the connection: still locked"
 }
 
+# expect_failure REASON: wait for the server to report a new failed attempt with REASON, and show
+# it. (A failure is final one second after the knock, when no reordered knock can rescue it.)
+declare -A reported
+expect_failure() {
+  local reason=$1 line=
+  for _ in $(seq 60); do
+    line=$(grep "reason=$reason" "$work/server.log" | tail -n +$((${reported[$reason]:-0} + 1)) | head -1) || true
+    [ -n "$line" ] && break
+    sleep 0.05
+  done
+  [ -n "$line" ] || fail "the server reported no $reason failure"
+  reported[$reason]=$(grep -c "reason=$reason" "$work/server.log")
+  say "server: ${line#*msg=}"
+}
+
 knock() { # PORT...
   say "knock $*"
   "$work/knockknock" knock --delay 50ms "$host" "$@" >/dev/null
@@ -107,7 +123,7 @@ expect_state "$k1" "open|filtered"
 
 step "Knock in the wrong order: $k1, $k3, $k2"
 knock "$k1" "$k3" "$k2"
-sleep 0.3
+expect_failure wrong_port
 locked
 
 step "Knock interrupted by the timeout: $k1, $k2, a pause of $((timeout + 1))s, then $k3"
@@ -115,7 +131,7 @@ knock "$k1" "$k2"
 say "(waiting $((timeout + 1))s)"
 sleep $((timeout + 1))
 knock "$k3"
-sleep 0.3
+expect_failure timeout
 locked
 
 step "Knock correctly: $k1, $k2, $k3"
