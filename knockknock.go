@@ -1518,7 +1518,7 @@ func (h *hookRuntime) enqueue(e event) {
 func (h *hookRuntime) run(hook *luaHook) {
 	defer close(h.done)
 	h.hook = hook
-	h.call("on_start", hook.L, hook.fns.start)
+	h.call("on_start", hook.L, hook.fns.start, lua.LString("start"))
 	for {
 		select {
 		case e := <-h.events:
@@ -1529,7 +1529,7 @@ func (h *hookRuntime) run(hook *luaHook) {
 			reply <- h.reload()
 		case <-h.quit:
 			h.drain()
-			h.call("on_stop", h.hook.L, h.hook.fns.stop)
+			h.call("on_stop", h.hook.L, h.hook.fns.stop, lua.LString("shutdown"))
 			return
 		}
 	}
@@ -1635,6 +1635,7 @@ func (h *hookRuntime) replaceState() {
 }
 
 // reload re-reads the hook file. A hook that fails to load leaves the running one in place.
+// Callbacks the old state scheduled with knock.after still run, in the old state.
 func (h *hookRuntime) reload() error {
 	cfg := h.srv.cfg
 	if cfg.hookPath == "" {
@@ -1652,9 +1653,11 @@ func (h *hookRuntime) reload() error {
 	if err != nil {
 		return err
 	}
-	h.call("on_stop", h.hook.L, h.hook.fns.stop)
+	// The reason lets a firewall hook keep its rules across a reload: removing them and adding
+	// them again would leave the protected port open in between.
+	h.call("on_stop", h.hook.L, h.hook.fns.stop, lua.LString("reload"))
 	h.proto, h.hook = proto, fresh
-	h.call("on_start", fresh.L, fresh.fns.start)
+	h.call("on_start", fresh.L, fresh.fns.start, lua.LString("reload"))
 	return nil
 }
 

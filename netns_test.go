@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -124,6 +125,13 @@ func testFirewallHook(t *testing.T, hook string, grants func(n netnsPair) int, l
 			})
 			if g := grants(n); g != 1 {
 				t.Fatalf("%d grants for %s after two knocks, want 1", g, cliV4)
+			}
+			// A reload keeps the rules and the grant: the port is never open to all in between,
+			// and the client keeps its access until it expires.
+			kk.cmd.Process.Signal(syscall.SIGHUP)
+			waitFor(t, "the reload", func() bool { return strings.Contains(kk.stderr.String(), `msg="hook reloaded"`) })
+			if !n.connects(t, c.srv) {
+				t.Fatalf("the client lost its access at the reload\n%s", kk.stderr.String())
 			}
 		}
 		time.Sleep(2500 * time.Millisecond)

@@ -3,7 +3,8 @@
 --
 -- on_start creates a chain of its own, "knockknock", sends the port's new connections there and
 -- drops them at its end. on_unlock inserts an ACCEPT for the client and remembers it: a repeated
--- knock extends the access instead of stacking rules. on_stop removes everything it added.
+-- knock extends the access instead of stacking rules. on_stop removes everything it added,
+-- except on a reload (SIGHUP), when the rules stay so that the port is never open in between.
 -- Commands run through knock.exec (no shell).
 --
 -- Use (as root, or with CAP_NET_ADMIN):
@@ -37,12 +38,22 @@ local function remove_chain(tool)
   knock.exec(tool, "-w", "-X", chain)
 end
 
-function on_start()
+function on_start(reason)
   for _, tool in pairs(tools) do
-    remove_chain(tool) -- what a crashed run may have left
-    run(tool, "-N", chain)
-    run(tool, "-A", chain, "-j", "DROP")
-    run(tool, "-I", unpack(jump))
+    if knock.exec(tool, "-w", "-n", "-L", chain) == 0 then
+      -- A reload keeps the rules in place (and the old state's timers still close what it
+      -- opened); after a crash, the chain is emptied of stale grants.
+      if reason ~= "reload" then
+        run(tool, "-F", chain)
+        run(tool, "-A", chain, "-j", "DROP")
+      end
+    else
+      run(tool, "-N", chain)
+      run(tool, "-A", chain, "-j", "DROP")
+    end
+    if knock.exec(tool, "-w", "-C", unpack(jump)) ~= 0 then
+      run(tool, "-I", unpack(jump))
+    end
   end
   knock.log("iptables: port closed", { port = port, chain = chain })
 end
@@ -71,7 +82,8 @@ function on_unlock(ev)
   knock.log("iptables: access granted", { ip = ip, port = port, seconds = seconds })
 end
 
-function on_stop()
+function on_stop(reason)
+  if reason == "reload" then return end
   for ip in pairs(opened) do opened[ip] = nil end
   for _, tool in pairs(tools) do remove_chain(tool) end
   knock.log("iptables: chain removed", { chain = chain })
