@@ -49,13 +49,13 @@ fail() {
 }
 
 # state PORT: the state of UDP PORT as a scanner sees it: open, closed or open|filtered.
-if command -v nmap >/dev/null 2>&1; then
+if command -v nmap >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then # nmap -sU needs root
   scanner="nmap -sU (one port per run)"
   state() {
     nmap -n -Pn -sU -p "$1" "$host" 2>/dev/null | awk -v p="$1/udp" '$1 == p { print $2 }'
   }
 else
-  scanner="ss (nmap is not installed)"
+  scanner="ss (nmap -sU needs nmap and root)"
   # ss sees sockets, not what the network sees: a bound knock port is what nmap calls open|filtered.
   state() {
     if ss -Hlnu "sport = :$1" | grep -q .; then
