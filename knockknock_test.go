@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"math"
 	"net/netip"
 	"strings"
@@ -502,5 +504,25 @@ func TestLatencyHistogram(t *testing.T) {
 		if b := latencyBucket(ns); b < 0 || b > 255 || (ns > 0 && bucketUpper(b) < ns && b < 255) {
 			t.Errorf("latencyBucket(%d) = %d, upper %d", ns, b, bucketUpper(b))
 		}
+	}
+}
+
+// The test vector in README, so that other clients can check themselves against it.
+func TestTokenTestVector(t *testing.T) {
+	secret := []byte("knockknock-test-vector-secret")
+	want, _ := hex.DecodeString("4b4b01000000018bcfe56800000102030405060708090a0b0c0d0e0f" +
+		"2067c6ef15a185d3b3a16e634ad838d5c3e2097895b2d4a20eebf32c303058fa")
+	m := newTokenMAC(secret)
+	if got := m.compute(want[:tokenMACAt], 7000); !bytes.Equal(got, want[tokenMACAt:]) {
+		t.Fatalf("MAC %x, want %x", got, want[tokenMACAt:])
+	}
+	c := testConfig(7000, 9000)
+	c.secret, c.maxSkew = secret, 30*time.Second
+	if !newAuthenticator(c).verify(m, want, 7000, time.UnixMilli(1700000000000).UnixNano()) {
+		t.Fatal("the test vector is refused")
+	}
+	f, ok := parseToken(want)
+	if !ok || f.pos != 0 || f.milli != 1700000000000 || f.nonce != [16]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} {
+		t.Fatalf("parsed %+v", f)
 	}
 }
