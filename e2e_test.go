@@ -54,23 +54,7 @@ type proc struct {
 
 func startServer(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(binPath, args...), stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Stderr = p.stderr
-	p.cmd.Stdout = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.done
-		if t.Failed() {
-			t.Logf("server log:\n%s", p.stderr.String())
-		}
-	})
+	p := launch(t, exec.Command(binPath, args...))
 	deadline := time.After(30 * time.Second)
 	for !strings.Contains(p.stderr.String(), "msg=listening") && !strings.Contains(p.stderr.String(), `"msg":"listening"`) {
 		select {
@@ -81,6 +65,28 @@ func startServer(t *testing.T, args ...string) *proc {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+	return p
+}
+
+// launch starts cmd with its output captured, and kills it when the test ends.
+func launch(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stderr, cmd.Stdout = p.stderr, p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("server log:\n%s", p.stderr.String())
+		}
+	})
 	return p
 }
 

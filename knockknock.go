@@ -1185,13 +1185,19 @@ func receiveBufferSize(conn *net.UDPConn) int {
 	return size
 }
 
-// bindError says which port failed and why, in words a user can act on.
-func bindError(proto string, port int, err error) error {
-	why := err.Error()
+// syscallCause is the system call's own error ("connection refused") without the operation and
+// addresses around it, or err itself.
+func syscallCause(err error) error {
 	var serr *os.SyscallError
 	if errors.As(err, &serr) {
-		why = serr.Err.Error()
+		return serr.Err
 	}
+	return err
+}
+
+// bindError says which port failed and why, in words a user can act on.
+func bindError(proto string, port int, err error) error {
+	why := syscallCause(err).Error()
 	switch {
 	case errors.Is(err, syscall.EADDRINUSE):
 		why = "address already in use (another process holds it)"
@@ -1305,9 +1311,11 @@ func (s *server) openKnockPorts() error {
 		opened = append(opened, l)
 	}
 	s.listeners = opened
-	if n := receiveBufferSize(opened[0].conn); runtime.GOOS == "linux" && n > 0 && n < receiveBuffer {
-		s.log.Warn("small UDP receive buffers: a burst of knocks may be dropped; raise net.core.rmem_max (sysctl -w net.core.rmem_max=8388608) or run as root",
-			"event", "start", "receive_buffer", n)
+	if runtime.GOOS == "linux" { // elsewhere SO_RCVBUF does not report the same thing
+		if n := receiveBufferSize(opened[0].conn); n > 0 && n < receiveBuffer {
+			s.log.Warn("small UDP receive buffers: a burst of knocks may be dropped; raise net.core.rmem_max (sysctl -w net.core.rmem_max=8388608) or run as root",
+				"event", "start", "receive_buffer", n)
+		}
 	}
 	for _, l := range opened {
 		s.readers.Add(1)
@@ -1953,7 +1961,8 @@ func (h *hookRuntime) luaOSExecute(L *lua.LState) int {
 		L.Push(lua.LNumber(0))
 		return 1
 	}
-	if n := h.runCommand(L, cmd); n == 2 && L.Get(-2) == lua.LNil {
+	h.runCommand(L, cmd)
+	if L.Get(-2) == lua.LNil { // it could not start: nil and the message
 		return 2
 	}
 	L.Pop(1) // os.execute returns only the status
@@ -2338,11 +2347,7 @@ func (k *knockPlan) send(ctx context.Context) (netip.Addr, error) {
 			}
 		}
 		if _, err := conn.WriteToUDPAddrPort(payload, netip.AddrPortFrom(dst, port)); err != nil {
-			var serr *os.SyscallError
-			if errors.As(err, &serr) {
-				err = serr.Err
-			}
-			return dst, fmt.Errorf("knock on %s port %d failed: %v", dst, port, err)
+			return dst, fmt.Errorf("knock on %s port %d failed: %v", dst, port, syscallCause(err))
 		}
 	}
 	return dst, nil

@@ -151,19 +151,7 @@ func testFirewallHook(t *testing.T, hook string, grants func(n netnsPair) int, l
 // ready in its log.
 func startIn(t *testing.T, cmd *exec.Cmd, ready string) *proc {
 	t.Helper()
-	p := &proc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stderr, cmd.Stdout = p.stderr, p.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-p.done
-	})
+	p := launch(t, cmd)
 	waitFor(t, ready, func() bool {
 		select {
 		case <-p.done:
