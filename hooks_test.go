@@ -253,6 +253,9 @@ function on_start()
   knock.after(0.05, function() knock.log("later", {n = 1}) end)
 end
 `, nil)
+	if err := s.hooks.start(s.hook, "start"); err != nil {
+		t.Fatal(err)
+	}
 	go s.hooks.run(s.hook)
 	defer s.hooks.stop()
 	waitFor(t, "the knock.after callback", func() bool { return strings.Contains(s.logs.String(), "msg=later") })
@@ -267,7 +270,7 @@ func TestLuaCloseAndOpenKnockPorts(t *testing.T) {
 	if err := s.openKnockPorts(); err != nil {
 		t.Fatal(err)
 	}
-	port := s.cfg.ports[0]
+	port := s.cfg.doors[0].seq[0].port
 	if portFree(port) {
 		t.Fatal("knock port not bound")
 	}
@@ -288,7 +291,7 @@ function on_unlock(ev)
 end
 `, nil)
 	go s.hooks.run(s.hook)
-	s.hooks.enqueue(event{kind: eventUnlock, from: key("192.0.2.7"), port: 1})
+	s.hooks.queue.push([]event{{kind: eventUnlock, from: key("192.0.2.7"), port: up(1)}})
 	waitFor(t, "the hook error in the log", func() bool { return strings.Contains(s.logs.String(), "hook_error") })
 	s.hooks.stop()
 	if logs := s.logs.String(); !strings.Contains(logs, "test.lua:3: boom for 192.0.2.7") {
@@ -302,7 +305,8 @@ func TestHookLoadErrors(t *testing.T) {
 		"no on_unlock":      "x = 1",
 		"not a function":    "on_unlock = 5",
 		"error at load":     unlockStub + "error('at load')",
-		"on_fail not a fn":  unlockStub + "on_fail = {}",
+		"on_fail not a fn":  unlockStub + "on_fail = 5",
+		"unknown door":      "on_unlock = { nosuchdoor = function() end }",
 		"runaway top level": unlockStub + "while true do end",
 	}
 	for name, src := range cases {
@@ -326,7 +330,7 @@ func call(t *testing.T, s *luaServer, code string) {
 }
 
 func callErr(s *luaServer, code string) error {
-	return s.hooks.protect(s.hook.L, time.Second, func() error { return s.hook.L.DoString(code) })
+	return s.hooks.protect(s.hook, func() error { return s.hook.L.DoString(code) })
 }
 
 func tryHTTPGet(port uint16) (string, error) {
@@ -413,13 +417,16 @@ func TestAllowClientHook(t *testing.T) {
 	s := mustLuaServer(t, string(src), func(c *config) {
 		c.hookArgs = [][2]string{{"port", fmt.Sprint(port)}, {"seconds", "0.5"}}
 	})
+	if err := s.hooks.start(s.hook, "start"); err != nil {
+		t.Fatal(err)
+	}
 	go s.hooks.run(s.hook)
 	defer s.hooks.stop()
 	waitFor(t, "the service", func() bool { return strings.Contains(s.logs.String(), "service started") })
 	if _, err := tryHTTPGet(port); err == nil {
 		t.Fatal("a client that did not knock got through")
 	}
-	s.hooks.enqueue(event{kind: eventUnlock, from: key("127.0.0.1"), port: 1})
+	s.hooks.queue.push([]event{{kind: eventUnlock, from: key("127.0.0.1"), port: up(1)}})
 	waitFor(t, "access granted", func() bool { return strings.Contains(s.logs.String(), "access granted") })
 	httpGet(t, port)
 	time.Sleep(600 * time.Millisecond)
@@ -431,7 +438,7 @@ func TestAllowClientHook(t *testing.T) {
 func TestFailureLogIsRateLimited(t *testing.T) {
 	s := mustLuaServer(t, unlockStub+"fails = 0\nfunction on_fail(ev) fails = fails + 1 end\n", nil)
 	s.hooks.hook = s.hook
-	e := event{kind: eventFail, reason: reasonWrongPort, from: key("192.0.2.9"), port: 1}
+	e := event{kind: eventFail, reason: reasonWrongPort, from: key("192.0.2.9"), port: up(1)}
 	for range 1000 {
 		s.hooks.dispatch(&e)
 	}

@@ -1,22 +1,31 @@
 // Command knockknock is a port-knocking server with Lua unlock hooks.
 //
-// The server listens on a sequence of UDP ports. A client that sends one datagram to each port,
-// in order, each within --timeout of the previous one, unlocks: the server then calls on_unlock
-// in a Lua hook (gopher-lua). Progress is tracked per source address, so knockers never disturb
-// each other. See README.md for usage and ../SPEC for the contract.
+// The server watches one or more doors: named sequences of UDP and TCP ports. A client that
+// knocks a door's ports in order, each within the door's timeout of the previous one, unlocks
+// it: the server then calls on_unlock in a Lua hook (gopher-lua). Progress is tracked per
+// source address and per door, so knockers never disturb each other. Knocks are read from bound
+// UDP sockets, or, with --capture (Linux, CAP_NET_RAW), from raw sockets behind a BPF filter so
+// that the knock ports answer exactly like closed ports. With --secret-file or --keys, knocks
+// are authenticated: each attempt is bound to a fresh server challenge and to the address the
+// server sees, and the client gets an authenticated confirmation. --knockd-config serves an
+// existing knockd.conf. README.md is the reference.
 //
-// The file reads in the order data flows: options, the knock tracker, authenticated knocks and
-// listeners, the hook runtime and the `knock` module, the built-in service, the client, main.
+// The file reads in the order data flows: options and configuration; the knock rules and the
+// tracker; tokens (the authenticated wire format and keys); the intake that every knock passes
+// through; platform details; the knock sources (bound sockets, capture) and replies; the hook
+// runtime and the `knock` module; the built-in service; the client; main. Each part says what it
+// owns. Mutable state has one owner: a tracker shard's lock, the hook runtime's goroutine, or
+// the server's lock for listeners and services.
 package main
 
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	_ "embed"
+	"encoding"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -33,7 +42,9 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,47 +52,70 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
+	"unsafe"
 
 	flags "github.com/jessevdk/go-flags"
 	lua "github.com/yuin/gopher-lua"
 	"github.com/yuin/gopher-lua/parse"
+	"golang.org/x/net/bpf"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 //go:embed hooks/unlock.lua
 var embeddedHook []byte
 
-const defaultHookPath = "hooks/unlock.lua"
+//go:embed hooks/knockd.lua
+var embeddedKnockdHook []byte
 
-// Exit codes, as SPEC gives them.
+const (
+	defaultHookPath   = "hooks/unlock.lua"
+	defaultKnockdHook = "hooks/knockd.lua"
+	defaultPorts      = "123,456,789"
+	defaultDoor       = "default"
+)
+
+// Exit codes.
 const (
 	exitOK      = 0
 	exitRuntime = 1
 	exitUsage   = 2
 )
 
-// ---------------------------------------------------------------------------------------------
-// Options
+// =============================================================================================
+// Options and configuration
+//
+// Options are parsed once (go-flags; an INI file with --config first, then the command line on
+// top) and validated into a config: doors, sources, keys and hook. Everything here is a pure
+// function of the options and the files they name.
 
 // globalOptions are the server options. They sit on the top-level parser so that a plain
 // `knockknock -p 1,2,3` runs the server, and the subcommands share them (the client reads
 // --ports and --secret-file, check validates all of them).
 type globalOptions struct {
-	Ports       string   `short:"p" long:"ports" default:"123,456,789" value-name:"LIST" description:"knock sequence: comma-separated UDP ports in knock order (1-65535, repeats allowed)"`
-	Timeout     string   `short:"t" long:"timeout" default:"5s" value-name:"DUR" description:"longest gap allowed between two knocks (a bare number is seconds)"`
-	Hook        string   `long:"hook" default:"hooks/unlock.lua" value-name:"FILE" description:"Lua hook; when the default file is absent, the embedded copy"`
-	Listen      string   `short:"l" long:"listen" value-name:"ADDR" description:"IP address the knock listeners bind (default: all addresses, IPv4 and IPv6)"`
-	HookTimeout string   `long:"hook-timeout" default:"10s" value-name:"DUR" description:"a hook call, and anything it runs, is cancelled after this"`
-	HookArgs    []string `long:"hook-arg" value-name:"KEY=VALUE" description:"repeatable; the hook reads them as strings in knock.args"`
-	LogFormat   string   `long:"log-format" default:"text" value-name:"text|json" description:"log output format on stderr"`
-	Decoys      string   `long:"decoys" value-name:"LIST" description:"extra listening ports; a knock on one resets that client"`
-	Verbose     bool     `short:"v" long:"verbose" description:"log every knock"`
-	SecretFile  string   `long:"secret-file" value-name:"FILE" description:"shared secret: only authenticated knocks count (mode 0600, at least 16 bytes)"`
-	MaxSkew     string   `long:"max-skew" default:"30s" value-name:"DUR" description:"authenticated knocks: largest clock difference accepted"`
-	MaxClients  string   `long:"max-clients" default:"65536" value-name:"N" description:"most clients tracked at once; when full, one without an attempt in progress makes room first"`
-	BanAfter    string   `long:"ban-after" default:"0" value-name:"N" description:"ban a source after N failed attempts within --ban-window (0: off)"`
-	BanWindow   string   `long:"ban-window" default:"10m" value-name:"DUR" description:"window in which failed attempts are counted"`
-	BanTime     string   `long:"ban-time" default:"1h" value-name:"DUR" description:"how long a ban lasts"`
-	Config      string   `long:"config" value-name:"FILE" no-ini:"true" description:"INI file with these options ([Application Options] section); flags override it"`
+	Ports        string   `short:"p" long:"ports" value-name:"LIST" description:"the knock sequence of the one door: PORT[:tcp|:udp],... in knock order (a bare port is UDP; default 123,456,789)"`
+	Doors        []string `long:"door" value-name:"NAME=LIST [timeout=DUR] [seq-timeout=DUR] [tcp-flags=FLAGS]" description:"repeatable: a named door with its own sequence and timeouts, instead of --ports"`
+	Timeout      string   `short:"t" long:"timeout" default:"5s" value-name:"DUR" description:"longest gap allowed between two knocks (a bare number is seconds); the default for every door"`
+	Capture      bool     `long:"capture" description:"Linux, CAP_NET_RAW: read knocks from raw sockets instead of binding the ports, so they answer like closed ports; allows TCP knocks"`
+	KnockdConfig string   `long:"knockd-config" value-name:"FILE" description:"serve the doors of a knockd.conf, with knockd's meanings (implies --capture)"`
+	Hook         string   `long:"hook" value-name:"FILE" description:"Lua hook (default hooks/unlock.lua, or hooks/knockd.lua with --knockd-config; when that file is absent, the embedded copy)"`
+	Listen       string   `short:"l" long:"listen" value-name:"ADDR" description:"only knocks sent to this address count; the listeners and services bind it (default: all addresses, IPv4 and IPv6)"`
+	HookTimeout  string   `long:"hook-timeout" default:"10s" value-name:"DUR" description:"a hook call, and anything it runs, is cancelled after this"`
+	HookArgs     []string `long:"hook-arg" value-name:"KEY=VALUE" description:"repeatable; the hook reads them as strings in knock.args"`
+	LogFormat    string   `long:"log-format" default:"text" value-name:"text|json" description:"log output format on stderr"`
+	Decoys       string   `long:"decoys" value-name:"LIST" description:"extra watched ports (PORT[:tcp|:udp],...); a knock on one resets that client on every door"`
+	Verbose      bool     `short:"v" long:"verbose" description:"log every knock, and dropped datagrams by reason (rate-limited)"`
+	SecretFile   string   `long:"secret-file" value-name:"FILE" description:"shared key: only authenticated knocks count (mode 0600, owned by this user)"`
+	Keys         string   `long:"keys" value-name:"FILE|DIR" description:"per-user keys: 'NAME KEY' lines, or a directory of key files named after their users (mode 0600)"`
+	MaxSkew      string   `long:"max-skew" default:"30s" value-name:"DUR" description:"authenticated knocks: how old or new a client's hello may be"`
+	MaxClients   string   `long:"max-clients" default:"65536" value-name:"N" description:"most clients with an attempt in progress tracked at once; first knocks and challenges get 8 times as many compact slots"`
+	BanAfter     string   `long:"ban-after" default:"0" value-name:"N" description:"ban a source after N failed attempts within --ban-window (0: off)"`
+	BanWindow    string   `long:"ban-window" default:"10m" value-name:"DUR" description:"window in which failed attempts are counted"`
+	BanTime      string   `long:"ban-time" default:"1h" value-name:"DUR" description:"how long a ban lasts"`
+	BanPrefix6   string   `long:"ban-prefix6" default:"64" value-name:"BITS" description:"an IPv6 ban covers the source's prefix of this length (128: the address only)"`
+	Config       string   `long:"config" value-name:"FILE" no-ini:"true" description:"INI file with these options ([Application Options] section); flags override it"`
 }
 
 type serveCommand struct{}
@@ -90,6 +124,7 @@ type checkCommand struct{}
 
 type knockCommand struct {
 	Delay string `short:"d" long:"delay" default:"10ms" value-name:"DUR" description:"pause between knocks"`
+	Wait  string `long:"wait" default:"3s" value-name:"DUR" description:"authenticated knocks: how long to wait for the server's confirmation"`
 	IPv4  bool   `short:"4" description:"knock over IPv4 only"`
 	IPv6  bool   `short:"6" description:"knock over IPv6 only"`
 	Args  struct {
@@ -99,6 +134,7 @@ type knockCommand struct {
 }
 
 type keygenCommand struct {
+	User string `long:"user" value-name:"NAME" description:"write a per-user key for --keys, and print the line to add to the server's keys file"`
 	Args struct {
 		File string `positional-arg-name:"FILE"`
 	} `positional-args:"yes"`
@@ -127,9 +163,9 @@ func newParser(cl *commandLine) *flags.Parser {
 		panic(err) // a tag error in the structs above: a programming error
 	}
 	p.AddCommand("serve", "run the server (the default)", "Run the port-knocking server.", &cl.serve)
-	p.AddCommand("check", "validate options and the hook, print the settings", "Validate the options, the config file and the hook; print the effective settings. Exit 0 when valid, 2 when not.", &cl.check)
-	p.AddCommand("knock", "send a knock sequence", "Send one UDP datagram to each port of the sequence (default: --ports).", &cl.knock)
-	p.AddCommand("keygen", "print a new random secret", "Print a new random secret for --secret-file, or write it to FILE with mode 0600.", &cl.keygen)
+	p.AddCommand("check", "validate options and the hook, print the settings", "Validate the options, the config file and the hook; print the effective settings and every door. Exit 0 when valid, 2 when not.", &cl.check)
+	p.AddCommand("knock", "send a knock sequence", "Knock each port of the sequence (default: --ports): a UDP datagram, or for PORT:tcp a connection attempt abandoned at once. With --secret-file, authenticate and wait for the server's confirmation.", &cl.knock)
+	p.AddCommand("keygen", "make a new random key", "Print a new random key for --secret-file, or write it to FILE with mode 0600 (never overwriting). With --user NAME, write NAME's key and print the line for the server's --keys file.", &cl.keygen)
 	return p
 }
 
@@ -194,64 +230,55 @@ func oneLine(s string) string {
 
 // config holds the validated settings the server and the client run with.
 type config struct {
-	ports       []uint16
-	timeout     time.Duration
-	hookPath    string // the file, or "" for the embedded default
-	hookName    string // as errors and logs name it
+	doors       []door
+	decoys      []portSpec
+	capture     bool
+	listen      []netip.Addr // empty: all addresses
+	hookPath    string       // the file, or "" for an embedded hook
+	hookName    string       // as errors and logs name it
 	hookSource  []byte
-	listen      netip.Addr // invalid: all addresses
 	hookTimeout time.Duration
 	hookArgs    [][2]string // in the order given
 	logFormat   string
-	decoys      []uint16
 	verbose     bool
-	secret      []byte // nil: plain knocks
-	secretFile  string
+	keys        *keyring // nil: plain knocks
+	keySource   keySource
 	maxSkew     time.Duration
 	maxClients  int
 	banAfter    int
 	banWindow   time.Duration
 	banTime     time.Duration
+	banPrefix6  int
+	knockd      *knockdConfig // --knockd-config: its [options] and doors
+	knockdPath  string
+	warnings    []string // said by check and logged at start
+}
+
+// keySource is where the keys came from, so that SIGHUP can read them again.
+type keySource struct {
+	flag, path string // "--secret-file" or "--keys"; "" for none
 }
 
 const (
 	maxSequenceLen = 64
 	maxDecoys      = 256
+	maxDoors       = 256
+	maxDoorName    = 32
 	maxTimeout     = 24 * time.Hour
+	maxWatched     = 1024 // distinct watched ports, over every door and the decoys
 )
 
 // buildConfig validates every option; the error names the option, the bad value and what is
 // allowed, in one line.
 func buildConfig(o *globalOptions) (*config, error) {
-	c := &config{verbose: o.Verbose, logFormat: o.LogFormat, secretFile: o.SecretFile}
-	var err error
-	if c.ports, err = parsePortList(o.Ports); err != nil {
-		return nil, usagef("invalid --ports %q: %v", o.Ports, err)
-	}
-	if len(c.ports) == 0 {
-		return nil, usagef("invalid --ports %q: the knock sequence needs at least one port", o.Ports)
-	}
-	if len(c.ports) > maxSequenceLen {
-		return nil, usagef("invalid --ports %q: at most %d ports", o.Ports, maxSequenceLen)
-	}
-	if c.decoys, err = parsePortList(o.Decoys); err != nil {
-		return nil, usagef("invalid --decoys %q: %v", o.Decoys, err)
-	}
-	if len(c.decoys) > maxDecoys {
-		return nil, usagef("invalid --decoys %q: at most %d ports", o.Decoys, maxDecoys)
-	}
-	for _, d := range c.decoys {
-		if containsPort(c.ports, d) {
-			return nil, usagef("invalid --decoys %q: port %d is also a knock port", o.Decoys, d)
-		}
-	}
+	c := &config{verbose: o.Verbose, logFormat: o.LogFormat, capture: o.Capture}
 	durations := []struct {
 		name     string
 		value    string
 		dst      *time.Duration
 		min, max time.Duration
 	}{
-		{"--timeout", o.Timeout, &c.timeout, time.Millisecond, maxTimeout},
+		{"--timeout", o.Timeout, new(time.Duration), time.Millisecond, maxTimeout},
 		{"--hook-timeout", o.HookTimeout, &c.hookTimeout, time.Millisecond, maxTimeout},
 		{"--max-skew", o.MaxSkew, &c.maxSkew, time.Second, time.Hour},
 		{"--ban-window", o.BanWindow, &c.banWindow, time.Second, 30 * 24 * time.Hour},
@@ -267,19 +294,26 @@ func buildConfig(o *globalOptions) (*config, error) {
 		}
 		*d.dst = v
 	}
-	if c.maxClients, err = parseCount(o.MaxClients, 1, 1<<26); err != nil {
+	timeout := *durations[0].dst
+	var err error
+	if c.maxClients, err = parseCount(o.MaxClients, 1, 1<<24); err != nil {
 		return nil, usagef("invalid --max-clients %q: %v", o.MaxClients, err)
 	}
-	if c.banAfter, err = parseCount(o.BanAfter, 0, 1<<20); err != nil {
+	if c.banAfter, err = parseCount(o.BanAfter, 0, 1000); err != nil {
 		return nil, usagef("invalid --ban-after %q: %v", o.BanAfter, err)
+	}
+	if c.banPrefix6, err = parseCount(o.BanPrefix6, 1, 128); err != nil {
+		return nil, usagef("invalid --ban-prefix6 %q: %v", o.BanPrefix6, err)
 	}
 	if o.LogFormat != "text" && o.LogFormat != "json" {
 		return nil, usagef("invalid --log-format %q: use text or json", o.LogFormat)
 	}
 	if o.Listen != "" {
-		if c.listen, err = netip.ParseAddr(strings.Trim(o.Listen, "[]")); err != nil {
+		a, err := netip.ParseAddr(strings.Trim(o.Listen, "[]"))
+		if err != nil || a.Zone() != "" {
 			return nil, usagef("invalid --listen %q: want an IP address such as 127.0.0.1 or ::1", o.Listen)
 		}
+		c.listen = []netip.Addr{a.Unmap()}
 	}
 	for _, kv := range o.HookArgs {
 		k, v, err := parseHookArg(kv)
@@ -288,36 +322,284 @@ func buildConfig(o *globalOptions) (*config, error) {
 		}
 		c.hookArgs = append(c.hookArgs, [2]string{k, v})
 	}
-	if o.SecretFile != "" {
-		if c.secret, err = loadSecret(o.SecretFile); err != nil {
-			return nil, usagef("invalid --secret-file: %v", err)
+	if err := c.buildDoors(o, timeout); err != nil {
+		return nil, err
+	}
+	if c.decoys, err = parsePortSpecs(o.Decoys, protoUDP); err != nil {
+		return nil, usagef("invalid --decoys %q: %v", o.Decoys, err)
+	}
+	if len(c.decoys) > maxDecoys {
+		return nil, usagef("invalid --decoys %q: at most %d ports", o.Decoys, maxDecoys)
+	}
+	if err := c.checkPorts(); err != nil {
+		return nil, err
+	}
+	switch {
+	case o.SecretFile != "" && o.Keys != "":
+		return nil, usagef("--secret-file and --keys exclude each other: one shared key, or one key per user")
+	case o.SecretFile != "":
+		c.keySource = keySource{"--secret-file", o.SecretFile}
+	case o.Keys != "":
+		c.keySource = keySource{"--keys", o.Keys}
+	}
+	if c.keySource.flag != "" {
+		if c.keys, err = loadKeys(c.keySource); err != nil {
+			return nil, usagef("invalid %s: %v", c.keySource.flag, err)
+		}
+		for _, d := range c.doors {
+			for _, p := range d.seq {
+				if p.proto == protoTCP {
+					return nil, usagef("door %s: authenticated knocks are UDP datagrams: %s cannot carry a token (use udp ports with %s)", d.name, p, c.keySource.flag)
+				}
+			}
+			if d.oneTime != "" {
+				return nil, usagef("door %s: one-time sequences and %s exclude each other (authenticated knocks cannot be replayed anyway)", d.name, c.keySource.flag)
+			}
 		}
 	}
-	if err := c.loadHook(o.Hook); err != nil {
+	hook := o.Hook
+	if hook == "" {
+		hook = defaultHookPath
+		if c.knockd != nil {
+			hook = defaultKnockdHook
+		}
+	}
+	if err := c.loadHook(hook); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// parsePortList parses "123,456,789". Spaces around items are allowed; an empty string is an
-// empty list (the caller decides whether that is allowed).
-func parsePortList(s string) ([]uint16, error) {
+// buildDoors makes the doors: from --knockd-config, from --door, or the one door of --ports.
+func (c *config) buildDoors(o *globalOptions, timeout time.Duration) error {
+	switch {
+	case o.KnockdConfig != "" && (len(o.Doors) > 0 || o.Ports != ""):
+		return usagef("--knockd-config brings its own doors: leave out --ports and --door")
+	case len(o.Doors) > 0 && o.Ports != "":
+		return usagef("use either --ports (one door) or --door (named doors), not both")
+	case o.KnockdConfig != "":
+		text, err := readSmallFile(o.KnockdConfig, 1<<20)
+		if err != nil {
+			return usagef("invalid --knockd-config: %v", err)
+		}
+		kc, err := parseKnockdConfig(string(text))
+		if err != nil {
+			return usagef("knockd config %s: %v", o.KnockdConfig, err)
+		}
+		c.knockd, c.knockdPath, c.capture = kc, o.KnockdConfig, true
+		for _, d := range kc.doors {
+			if d.oneTime != "" {
+				lines, err := loadOneTimeSequences(d.oneTime)
+				if err != nil {
+					return usagef("knockd config %s: door %s: %v", o.KnockdConfig, d.name, err)
+				}
+				d.seq = lines[0].seq
+				for _, l := range lines[1:] {
+					d.spare = append(d.spare, l.seq...)
+				}
+			}
+			c.doors = append(c.doors, d)
+		}
+	case len(o.Doors) > 0:
+		for _, spec := range o.Doors {
+			d, err := parseDoorSpec(spec, timeout)
+			if err != nil {
+				return usagef("invalid --door %q: %v", spec, err)
+			}
+			c.doors = append(c.doors, d)
+		}
+	default:
+		ports := o.Ports
+		if ports == "" {
+			ports = defaultPorts
+		}
+		seq, err := parsePortSpecs(ports, protoUDP)
+		if err == nil && len(seq) == 0 {
+			err = errors.New("the knock sequence needs at least one port")
+		}
+		if err == nil && len(seq) > maxSequenceLen {
+			err = fmt.Errorf("at most %d ports", maxSequenceLen)
+		}
+		if err != nil {
+			return usagef("invalid --ports %q: %v", o.Ports, err)
+		}
+		c.doors = []door{{name: defaultDoor, seq: seq, timeout: timeout, tcpFlags: defaultTCPFlags}}
+	}
+	if len(c.doors) > maxDoors {
+		return usagef("at most %d doors", maxDoors)
+	}
+	return nil
+}
+
+// parseDoorSpec parses a --door value: NAME=LIST followed by optional KEY=VALUE fields.
+func parseDoorSpec(spec string, timeout time.Duration) (door, error) {
+	d := door{timeout: timeout, tcpFlags: defaultTCPFlags}
+	fields := strings.Fields(spec)
+	if len(fields) == 0 {
+		return d, errors.New("want NAME=PORTS [timeout=DUR] [seq-timeout=DUR] [tcp-flags=FLAGS]")
+	}
+	name, list, ok := strings.Cut(fields[0], "=")
+	if !ok || list == "" {
+		return d, errors.New("want NAME=PORTS, such as ssh=7000:tcp,8000,9000")
+	}
+	if err := checkDoorName(name); err != nil {
+		return d, err
+	}
+	d.name = name
+	var err error
+	if d.seq, err = parsePortSpecs(list, protoUDP); err != nil {
+		return d, err
+	}
+	if len(d.seq) == 0 || len(d.seq) > maxSequenceLen {
+		return d, fmt.Errorf("a sequence has 1 to %d ports", maxSequenceLen)
+	}
+	for _, f := range fields[1:] {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok {
+			return d, fmt.Errorf("%q: want KEY=VALUE (timeout, seq-timeout or tcp-flags)", f)
+		}
+		switch k {
+		case "timeout", "seq-timeout":
+			dur, err := parseDuration(v)
+			if err == nil && (dur < time.Millisecond || dur > maxTimeout) {
+				err = fmt.Errorf("must be between %v and %v", time.Millisecond, maxTimeout)
+			}
+			if err != nil {
+				return d, fmt.Errorf("%s %q: %v", k, v, err)
+			}
+			if k == "timeout" {
+				d.timeout = dur
+			} else {
+				d.seqTimeout = dur
+			}
+		case "tcp-flags":
+			if d.tcpFlags, err = parseTCPFlags(v); err != nil {
+				return d, err
+			}
+		default:
+			return d, fmt.Errorf("unknown field %q: use timeout, seq-timeout or tcp-flags", k)
+		}
+	}
+	return d, nil
+}
+
+// checkDoorName keeps names usable as Lua table keys, log values and on the wire.
+func checkDoorName(name string) error {
+	if name == "" || len(name) > maxDoorName {
+		return fmt.Errorf("a door name has 1 to %d characters", maxDoorName)
+	}
+	for _, r := range name {
+		if !(r == '_' || r == '-' || r == '.' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return fmt.Errorf("door name %q: use letters, digits, '_', '-' and '.'", name)
+		}
+	}
+	return nil
+}
+
+// checkPorts validates the doors and decoys together: unique names, no decoy that is a knock
+// port, TCP only with capture, a bounded number of watched ports. It records the warnings that
+// check prints: sequences a port scan completes, and doors that overlap.
+func (c *config) checkPorts() error {
+	names := map[string]bool{}
+	for _, d := range c.doors {
+		lower := strings.ToLower(d.name)
+		if names[lower] {
+			return usagef("door %q is defined twice", d.name)
+		}
+		names[lower] = true
+	}
+	watched := map[portSpec]bool{}
+	for _, d := range c.doors {
+		for _, p := range slices.Concat(d.seq, d.spare) {
+			watched[p] = true
+		}
+	}
+	for _, p := range c.decoys {
+		if watched[p] {
+			return usagef("invalid --decoys: %s is also a knock port", p)
+		}
+	}
+	for _, p := range c.decoys {
+		watched[p] = true
+	}
+	if len(watched) > maxWatched {
+		return usagef("%d distinct ports watched: at most %d", len(watched), maxWatched)
+	}
+	if !c.capture {
+		for p := range watched {
+			if p.proto == protoTCP {
+				return usagef("%s is a TCP knock: TCP knocks need --capture (Linux, root or CAP_NET_RAW), since a bound TCP port would accept connections", p)
+			}
+		}
+	}
+	for i, a := range c.doors {
+		if msg := scanWarning(a.seq, c.decoys); msg != "" {
+			c.warnings = append(c.warnings, fmt.Sprintf("door %s: %s", a.name, msg))
+		}
+		for _, b := range c.doors[i+1:] {
+			switch {
+			case a.target == b.target && equalSeq(a.seq, b.seq):
+				return usagef("doors %s and %s have the same sequence %s: a knock would open both; give one another sequence or a different target", a.name, b.name, formatSpecs(a.seq))
+			case a.target == b.target && isPrefix(a.seq, b.seq):
+				c.warnings = append(c.warnings, fmt.Sprintf("door %s's sequence is a prefix of door %s's: knocking %s also opens %s", a.name, b.name, b.name, a.name))
+			case a.target == b.target && isPrefix(b.seq, a.seq):
+				c.warnings = append(c.warnings, fmt.Sprintf("door %s's sequence is a prefix of door %s's: knocking %s also opens %s", b.name, a.name, a.name, b.name))
+			}
+		}
+	}
+	return nil
+}
+
+func equalSeq(a, b []portSpec) bool {
+	return len(a) == len(b) && isPrefix(a, b)
+}
+
+func isPrefix(a, b []portSpec) bool {
+	if len(a) > len(b) || len(a) == 0 {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// parsePortSpecs parses "7000:tcp,8000:udp,9000": ports 1-65535, each optionally ":tcp" or
+// ":udp" (case-insensitive); a bare port takes the protocol bare. Spaces around items are
+// allowed. An empty string is an empty list.
+func parsePortSpecs(s string, bare proto) ([]portSpec, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, nil
 	}
 	items := strings.Split(s, ",")
-	if len(items) > maxDecoys+maxSequenceLen {
-		return nil, fmt.Errorf("too many ports")
+	if len(items) > maxWatched {
+		return nil, errors.New("too many ports")
 	}
-	ports := make([]uint16, 0, len(items))
+	specs := make([]portSpec, 0, len(items))
 	for _, item := range items {
-		p, err := parsePort(strings.TrimSpace(item))
+		item = strings.TrimSpace(item)
+		num, name, hasProto := strings.Cut(item, ":")
+		spec := portSpec{proto: bare}
+		if hasProto {
+			switch strings.ToLower(strings.TrimSpace(name)) {
+			case "tcp":
+				spec.proto = protoTCP
+			case "udp":
+				spec.proto = protoUDP
+			default:
+				return nil, fmt.Errorf("%q: the protocol must be tcp or udp", item)
+			}
+		}
+		p, err := parsePort(strings.TrimSpace(num))
 		if err != nil {
 			return nil, err
 		}
-		ports = append(ports, p)
+		spec.port = p
+		specs = append(specs, spec)
 	}
-	return ports, nil
+	return specs, nil
 }
 
 func parsePort(s string) (uint16, error) {
@@ -410,33 +692,8 @@ func parseHookArg(s string) (key, value string, err error) {
 
 func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "\uFFFD") == s }
 
-const minSecretLen = 16
-
-// loadSecret reads the shared secret: the file's bytes without surrounding white space. It
-// refuses a file that others can read, as ssh does with private keys.
-func loadSecret(path string) ([]byte, error) {
-	info, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %v", path, errors.Unwrap(err))
-	}
-	if info.IsDir() {
-		return nil, fmt.Errorf("%s is a directory", path)
-	}
-	if runtime.GOOS != "windows" && info.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s has mode %04o: group and others must have no access (chmod 600 %s)", path, info.Mode().Perm(), path)
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %v", path, errors.Unwrap(err))
-	}
-	secret := bytes.TrimSpace(raw)
-	if len(secret) < minSecretLen {
-		return nil, fmt.Errorf("%s holds %d bytes: a secret needs at least %d (make one with knockknock keygen)", path, len(secret), minSecretLen)
-	}
-	return secret, nil
-}
-
-// loadHook reads and compiles the hook so that a bad hook is a usage error before anything binds.
+// loadHook reads the hook so that a bad hook is a usage error before anything binds. The
+// default hooks fall back to their embedded copies when the file is absent.
 func (c *config) loadHook(path string) error {
 	src, err := os.ReadFile(path)
 	switch {
@@ -444,39 +701,172 @@ func (c *config) loadHook(path string) error {
 		c.hookPath, c.hookName, c.hookSource = path, path, src
 	case errors.Is(err, os.ErrNotExist) && path == defaultHookPath:
 		c.hookName, c.hookSource = "embedded:"+defaultHookPath, embeddedHook
+	case errors.Is(err, os.ErrNotExist) && path == defaultKnockdHook:
+		c.hookName, c.hookSource = "embedded:"+defaultKnockdHook, embeddedKnockdHook
 	default:
 		return usagef("invalid --hook %q: %v", path, errors.Unwrap(err))
 	}
 	return nil
 }
 
-func containsPort(ports []uint16, p uint16) bool {
-	for _, q := range ports {
-		if q == p {
-			return true
+// watchedPorts lists each watched port once: every door's sequence in order, then the decoys.
+func (c *config) watchedPorts() []portSpec {
+	var ports []portSpec
+	seen := map[portSpec]bool{}
+	add := func(p portSpec) {
+		if !seen[p] {
+			seen[p] = true
+			ports = append(ports, p)
 		}
 	}
-	return false
+	for _, d := range c.doors {
+		for _, p := range slices.Concat(d.seq, d.spare) {
+			add(p)
+		}
+	}
+	for _, p := range c.decoys {
+		add(p)
+	}
+	return ports
 }
 
-func formatPorts(ports []uint16) string {
+func formatSpecs(ports []portSpec) string {
 	s := make([]string, len(ports))
 	for i, p := range ports {
-		s[i] = strconv.Itoa(int(p))
+		s[i] = p.String()
 	}
 	return strings.Join(s, ",")
 }
 
-// ---------------------------------------------------------------------------------------------
-// The knock tracker
+// readSmallFile reads a configuration file of at most limit bytes, refusing what is not a
+// regular file (a FIFO or device is never waited on).
+func readSmallFile(path string, limit int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, errors.Unwrap(err))
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	if !info.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s)", path, fileKind(info.Mode()))
+	}
+	if info.Size() > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+	}
+	return io.ReadAll(io.LimitReader(f, limit))
+}
 
-// addrKey is a client's address as a map key: 16 bytes, IPv4 in its IPv4-mapped form. It has no
-// pointer, so a map of a million clients costs the garbage collector nothing to scan.
-type addrKey [16]byte
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeSymlink != 0:
+		return "a symbolic link"
+	}
+	return "not regular"
+}
 
-func keyOf(a netip.Addr) addrKey { return addrKey(a.Unmap().As16()) }
+// =============================================================================================
+// Knock rules
+//
+// Pure functions and plain values: what a door is, and what one knock does to one client's
+// progress on one door. The tracker applies them; tests apply them directly.
 
-func (k addrKey) addr() netip.Addr { return netip.AddrFrom16(k).Unmap() }
+// proto is a knock's transport protocol.
+type proto uint8
+
+const (
+	protoUDP proto = iota
+	protoTCP
+)
+
+func (p proto) String() string {
+	if p == protoTCP {
+		return "tcp"
+	}
+	return "udp"
+}
+
+// portSpec is one knock: a port and its protocol.
+type portSpec struct {
+	port  uint16
+	proto proto
+}
+
+func (p portSpec) String() string { return strconv.Itoa(int(p.port)) + ":" + p.proto.String() }
+
+// TCP header flag bits (byte 13 of the TCP header).
+const (
+	tcpFIN uint8 = 0x01
+	tcpSYN uint8 = 0x02
+	tcpRST uint8 = 0x04
+	tcpPSH uint8 = 0x08
+	tcpACK uint8 = 0x10
+	tcpURG uint8 = 0x20
+)
+
+var tcpFlagNames = []struct {
+	name string
+	bit  uint8
+}{{"fin", tcpFIN}, {"syn", tcpSYN}, {"rst", tcpRST}, {"psh", tcpPSH}, {"ack", tcpACK}, {"urg", tcpURG}}
+
+// tcpFlagRule: a TCP segment counts as a knock when it has every flag in set and none in
+// clear; other TCP segments are ignored (they neither advance nor reset anything).
+type tcpFlagRule struct{ set, clear uint8 }
+
+// defaultTCPFlags is a TCP knock when nothing says otherwise: a SYN without ACK, so that the
+// segments of established connections, ACKs and RSTs never count.
+var defaultTCPFlags = tcpFlagRule{set: tcpSYN, clear: tcpACK}
+
+func (r tcpFlagRule) match(flags uint8) bool { return flags&r.set == r.set && flags&r.clear == 0 }
+
+func (r tcpFlagRule) String() string {
+	var s []string
+	for _, f := range tcpFlagNames {
+		if r.set&f.bit != 0 {
+			s = append(s, f.name)
+		}
+	}
+	for _, f := range tcpFlagNames {
+		if r.clear&f.bit != 0 {
+			s = append(s, "!"+f.name)
+		}
+	}
+	return strings.Join(s, ",")
+}
+
+// doorAction is what knockd.conf says to run for a door: commands run through /bin/sh -c
+// with %IP% replaced by the client's address.
+type doorAction struct {
+	start, start6 string // start6 == start when the file gives no *_6 variant
+	hasStart6     bool   // start_command_6 (or command_6) was given, possibly empty
+	stop, stop6   string
+	hasStop6      bool
+	cmdTimeout    time.Duration // between start and stop
+}
+
+// door is one named knock sequence and what it opens.
+type door struct {
+	name       string
+	seq        []portSpec
+	timeout    time.Duration // longest gap between two knocks
+	seqTimeout time.Duration // longest time for the whole sequence; 0: no limit
+	tcpFlags   tcpFlagRule
+	target     netip.Addr // knocks count only when sent to this address; invalid: any
+	oneTime    string     // knockd's one_time_sequences file, or ""
+	spare      []portSpec // the ports of its later one-time sequences: watched from the start
+	action     doorAction
+	line       int // the line of the knockd.conf where the door starts
+}
 
 type failReason uint8
 
@@ -495,57 +885,100 @@ func (r failReason) String() string { return reasonNames[r] }
 type verdict uint8
 
 const (
-	verdictIgnored  verdict = iota // a retransmission
+	verdictIgnored  verdict = iota // not a knock for this door, or a retransmission
 	verdictAdvanced                // the expected port: one step further
 	verdictUnlocked                // the final port: the sequence is complete
 	verdictRejected                // a wrong port that does not start a new attempt
 )
 
-// progress is one client's position in the sequence.
+// progress is one client's position in one door's sequence.
 type progress struct {
-	first    int64  // when the attempt's first knock arrived (unix ns)
-	last     int64  // when the previous counted knock arrived
-	step     uint8  // ports matched so far
-	lastPort uint16 // the port of the previous knock (last is 0 before the first)
+	first    int64    // when the attempt's first knock arrived (unix ns)
+	last     int64    // when the previous counted knock arrived
+	step     uint8    // ports matched so far
+	lastPort portSpec // the port of the previous knock (last is 0 before the first)
 }
 
-// rules are the knock semantics of SPEC, applied to one client's knocks in time order.
+// pendingKnock is a knock as the tracker keeps it: 16 bytes, no pointers.
+type pendingKnock struct {
+	ts      int64 // when the kernel received it (unix ns)
+	port    uint16
+	proto   proto
+	flags   uint8 // TCP flags
+	srcPort uint16
+	to      uint8 // which door target it was sent to (index+1 in the tracker's list; 0: none)
+	settled bool  // a compact first knock whose effect has been applied
+}
+
+func (k *pendingKnock) spec() portSpec { return portSpec{k.port, k.proto} }
+
+// rules are one door's semantics, applied to one client's knocks in time order.
 type rules struct {
-	seq        []uint16
+	seq        []portSpec
 	timeout    int64 // ns
+	seqTimeout int64 // ns, 0: none
 	retransmit int64 // ns: a repeat of the last port within this is a duplicate datagram
-	decoys     []uint16
+	flags      tcpFlagRule
+	target     uint8 // 0: any destination; else the index+1 of the door's target
+	decoys     []portSpec
+	spent      *atomic.Bool // a one-time door, open once until its next sequence is set
+}
+
+func newRules(d door, target uint8, decoys []portSpec) rules {
+	r := rules{
+		seq:        d.seq,
+		timeout:    int64(d.timeout),
+		seqTimeout: int64(d.seqTimeout),
+		retransmit: int64(min(time.Second, d.timeout)),
+		flags:      d.tcpFlags,
+		target:     target,
+		decoys:     decoys,
+	}
+	if d.oneTime != "" {
+		r.spent = new(atomic.Bool)
+	}
+	return r
+}
+
+// counts reports whether a knock is one for this door at all: a TCP segment without the
+// door's flags, or a knock sent to another address than the door's target, is not.
+func (r *rules) counts(k *pendingKnock) bool {
+	return (k.proto != protoTCP || r.flags.match(k.flags)) && (r.target == 0 || k.to == r.target)
 }
 
 // apply evaluates one knock. The verdict says what the knock did; a reason other than
-// reasonNone means that it ended an attempt in progress (or, for a fresh client, that it was a
-// wrong knock).
-func (r *rules) apply(p *progress, port uint16, ts int64) (verdict, failReason) {
+// reasonNone means that it ended an attempt in progress (or, for a client with no progress,
+// that it was a wrong knock).
+func (r *rules) apply(p *progress, k *pendingKnock) (verdict, failReason) {
+	if !r.counts(k) {
+		return verdictIgnored, reasonNone
+	}
+	port := k.spec()
 	why := reasonNone
-	if p.step > 0 && ts-p.last > r.timeout {
+	if p.step > 0 && (k.ts-p.last > r.timeout || r.seqTimeout > 0 && k.ts-p.first > r.seqTimeout) {
 		p.step, why = 0, reasonTimeout
 	}
 	if port != r.seq[p.step] {
-		if why == reasonNone && p.last != 0 && port == p.lastPort && ts-p.last <= r.retransmit {
+		if why == reasonNone && p.last != 0 && port == p.lastPort && k.ts-p.last <= r.retransmit {
 			return verdictIgnored, reasonNone
 		}
 		if why == reasonNone {
 			why = reasonWrongPort
-			if containsPort(r.decoys, port) {
+			if containsSpec(r.decoys, port) {
 				why = reasonDecoy
 			}
 		}
 		p.step = 0
 		if port != r.seq[0] {
-			p.last, p.lastPort = ts, port
+			p.last, p.lastPort = k.ts, port
 			return verdictRejected, why
 		}
 	}
 	if p.step == 0 {
-		p.first = ts
+		p.first = k.ts
 	}
 	p.step++
-	p.last, p.lastPort = ts, port
+	p.last, p.lastPort = k.ts, port
 	if int(p.step) == len(r.seq) {
 		p.step = 0
 		return verdictUnlocked, why
@@ -553,13 +986,101 @@ func (r *rules) apply(p *progress, port uint16, ts int64) (verdict, failReason) 
 	return verdictAdvanced, why
 }
 
-// A knock is one datagram on a knock or decoy port.
-type knock struct {
-	from    addrKey
-	srcPort uint16
-	port    uint16
-	ts      int64 // when the kernel received it (unix ns)
+func containsSpec(ports []portSpec, p portSpec) bool {
+	for _, q := range ports {
+		if q == p {
+			return true
+		}
+	}
+	return false
 }
+
+// scanWarning says when a sequential port scan could complete a sequence by itself.
+func scanWarning(seq, decoys []portSpec) string {
+	if len(seq) < 2 {
+		return "a one-port sequence is completed by any scan that touches the port; use a longer sequence or authenticated knocks"
+	}
+	asc, desc := true, true
+	lo, hi := seq[0].port, seq[0].port
+	for i := 1; i < len(seq); i++ {
+		asc = asc && seq[i].port > seq[i-1].port
+		desc = desc && seq[i].port < seq[i-1].port
+		lo, hi = min(lo, seq[i].port), max(hi, seq[i].port)
+	}
+	if !asc && !desc {
+		return ""
+	}
+	for _, d := range decoys {
+		if d.port > lo && d.port < hi {
+			return ""
+		}
+	}
+	order := "ascending"
+	if desc {
+		order = "descending"
+	}
+	return fmt.Sprintf("the sequence %s is %s: a sequential port scan completes it; reorder it, add --decoys between the knock ports, or use authenticated knocks", formatSpecs(seq), order)
+}
+
+// portRole is what the tracker needs to know about a port without a map lookup.
+type portRole struct {
+	watched    bool
+	decoy      bool
+	repeatable bool   // some door expects it twice in a row, or ends and starts with it
+	door       uint16 // the first door that watches it (a decoy: door 0)
+}
+
+// portRoles indexes every port of both protocols.
+type portRoles [2][65536]portRole
+
+func newPortRoles(doors []door, decoys []portSpec) *portRoles {
+	roles := new(portRoles)
+	for i := len(doors) - 1; i >= 0; i-- { // the first door that watches a port wins
+		seq := doors[i].seq
+		for _, p := range doors[i].spare { // a later one-time sequence may repeat any of them
+			roles[p.proto][p.port] = portRole{watched: true, repeatable: true, door: uint16(i)}
+		}
+		for j, p := range seq {
+			r := &roles[p.proto][p.port]
+			r.watched, r.door = true, uint16(i)
+			if j > 0 && seq[j-1] == p || j == len(seq)-1 && seq[0] == p {
+				r.repeatable = true
+			}
+		}
+	}
+	for _, p := range decoys {
+		roles[p.proto][p.port] = portRole{watched: true, decoy: true}
+	}
+	return roles
+}
+
+func (r *portRoles) of(p portSpec) *portRole { return &r[p.proto&1][p.port] }
+
+// =============================================================================================
+// The tracker
+//
+// Every client's progress on every door, sharded by source address: each shard's lock owns its
+// clients, its compact first-knock and challenge slots, and its ban records. Listener goroutines
+// call into it directly; it never blocks on anything but a shard lock and never allocates on the
+// knock path (tables are made whole at start).
+//
+// A client's first knock, or the challenge an authenticated client was issued, takes a compact
+// slot (32 or 104 bytes) in a set-associative table where a newcomer replaces the oldest entry
+// of its bucket. Only a second knock (or a first authenticated one) makes a client record, and
+// client records are only ever evicted by other client records. So a flood of spoofed first
+// knocks or of hellos churns the compact slots, never the clients with real progress, and a
+// genuine first knock survives a flood of several hundred thousand first knocks a second in its
+// 16-way bucket for many seconds.
+
+// addrKey is a client's address as a map key: 16 bytes, IPv4 in its IPv4-mapped form. It has no
+// pointer, so a map of a million clients costs the garbage collector nothing to scan.
+type addrKey [16]byte
+
+func keyOf(a netip.Addr) addrKey { return addrKey(a.Unmap().As16()) }
+
+func (k addrKey) addr() netip.Addr { return netip.AddrFrom16(k).Unmap() }
+
+func (k addrKey) is4() bool { return k.addr().Is4() }
 
 type eventKind uint8
 
@@ -569,16 +1090,26 @@ const (
 	eventFail
 )
 
-// event is what the tracker reports to the hook runtime. It is a plain value: sending it on a
-// channel allocates nothing.
+// confirmInfo is what the hook runtime needs to confirm an authenticated unlock.
+type confirmInfo struct {
+	nonceS [16]byte
+	keyID  [8]byte
+	local  addrKey // the address the client knocked: the confirmation comes from it
+	valid  bool
+}
+
+// event is what the tracker reports to the hook runtime. It is a plain value: queueing it
+// allocates nothing.
 type event struct {
 	kind    eventKind
 	reason  failReason
-	from    addrKey
+	door    uint16
+	port    portSpec
 	srcPort uint16
-	port    uint16
+	from    addrKey
 	ts      int64
 	elapsed int64 // ns from the attempt's first knock to this one
+	conf    confirmInfo
 }
 
 // Knocks sent back to back arrive on different sockets, and the goroutines reading them may
@@ -586,90 +1117,119 @@ type event struct {
 // kernel's receive time: a sequence completes as soon as the buffer, read in time order, completes
 // it; a failure only becomes final once the knocks behind it are older than reorderWindow.
 const (
-	pendingMax    = 4
-	reorderWindow = int64(time.Second)
-)
-
-type pendingKnock struct {
-	ts      int64
-	port    uint16
-	srcPort uint16
-}
-
-// client is one tracked source address: its settled progress, the knocks not yet settled, and
-// its place in the shard's least-recently-seen list.
-type client struct {
-	key        addrKey
-	progress   progress
-	pending    [pendingMax]pendingKnock
-	npending   uint8
-	prev, next int32
-}
-
-type banRecord struct {
-	failures    int32
-	windowStart int64
-	until       int64
-}
-
-// shard is one lock's worth of clients: an index, client slots allocated in fixed chunks (a
-// growing slice would waste up to half its capacity), a free list, and a doubly linked list
-// through the slots in order of last activity (head: most recent).
-type shard struct {
-	mu         sync.Mutex
-	index      map[addrKey]int32
-	chunks     [][]client
-	used       int32 // slots handed out so far
-	free       []int32
-	head, tail int32
-	limit      int
-	bans       map[addrKey]banRecord
-	_          [64]byte // keep neighbouring shards' locks off one cache line
-}
-
-const (
+	pendingMax         = 4
+	reorderWindow      = int64(time.Second)
 	noSlot             = -1
 	chunkBits          = 6
 	chunkSize          = 1 << chunkBits
 	preallocateClients = 1 << 17
+	compactWays        = 16 // slots per bucket of the compact tables
+	firstKnockFactor   = 8  // compact first-knock slots per --max-clients
+	challengeFactor    = 2  // challenge slots per --max-clients
 )
+
+// client is a tracked source address with two knocks or more: its knocks not yet settled, the
+// last settled one (to recognise duplicates), and its place in the shard's least-recently-seen
+// list. Its progress on each door, and its authentication state, live in parallel chunks.
+type client struct {
+	key        addrKey
+	prev, next int32
+	lastTs     int64 // the last settled knock
+	lastPort   portSpec
+	npending   uint8
+	pending    [pendingMax]pendingKnock
+}
+
+// firstKnock is a compact slot: a source address that has knocked once.
+type firstKnock struct {
+	key addrKey
+	pk  pendingKnock // pk.ts == 0: free
+}
+
+// authState binds an authenticated attempt to its challenge and to the client's address.
+type authState struct {
+	nonceS [16]byte // the server's nonce: every token of the attempt is bound to it
+	nonceC [16]byte // the hello's nonce: a replayed hello gets the same challenge back
+	keyID  [8]byte
+	local  addrKey // where the hello was sent: replies come from there
+	issued int64
+	used   uint64 // positions knocked already: each is accepted once
+}
+
+// challenge is a compact slot: an address that was issued a challenge and has not knocked yet.
+type challenge struct {
+	key   addrKey
+	state authState // state.issued == 0: free
+}
+
+// shard is one lock's worth of clients: an index, client slots allocated in fixed chunks (a
+// growing slice would waste up to half its capacity), a free list, a doubly linked list through
+// the slots in order of last activity (head: most recent), and the compact tables.
+type shard struct {
+	mu         sync.Mutex
+	index      map[addrKey]int32
+	chunks     [][]client
+	progs      [][]progress  // chunk i holds chunkSize × the number of doors
+	auths      [][]authState // only with keys
+	used       int32         // slots handed out so far
+	free       []int32
+	head, tail int32
+	limit      int
+	firsts     []firstKnock // compactWays-way buckets
+	chals      []challenge  // compactWays-way buckets, only with keys
+	_          [64]byte     // keep neighbouring shards' locks off one cache line
+}
 
 func (s *shard) slot(i int32) *client { return &s.chunks[i>>chunkBits][i&(chunkSize-1)] }
 
 // tracker holds every client's progress, sharded by address so that listeners rarely contend.
 type tracker struct {
-	rules     rules
+	doors     []rules
+	roles     *portRoles
+	targets   []netip.Addr // the doors' target addresses; pendingKnock.to indexes them from 1
 	shards    []shard
 	mask      uint64
 	seed      maphash.Seed
-	emit      func(event) // called without any shard lock held; never blocks
-	wantKnock atomic.Bool // report every knock (on_knock or --verbose)
-	banAfter  int32
-	banWindow int64
-	banTime   int64
-	evicted   atomic.Uint64 // clients whose attempt in progress was dropped to make room
+	emit      func([]event) // called without any shard lock held; never blocks
+	wantKnock atomic.Bool   // report every knock (on_knock or --verbose)
+	bans      *bans
+	auth      bool
+	keys      atomic.Pointer[keyring]
+	maxSkew   int64
+	maxGap    int64 // the longest door timeout: how long a first knock or challenge is kept
+	evicted   atomic.Uint64
 }
 
-func newTracker(c *config, emit func(event)) *tracker {
+func newTracker(c *config, emit func([]event)) *tracker {
 	nshards := 1
 	for nshards < 64 && c.maxClients/(nshards*2) >= 1024 {
 		nshards *= 2
 	}
 	t := &tracker{
-		rules: rules{
-			seq:        c.ports,
-			timeout:    int64(c.timeout),
-			retransmit: int64(min(time.Second, c.timeout)),
-			decoys:     c.decoys,
-		},
-		shards:    make([]shard, nshards),
-		mask:      uint64(nshards - 1),
-		seed:      maphash.MakeSeed(),
-		emit:      emit,
-		banAfter:  int32(c.banAfter),
-		banWindow: int64(c.banWindow),
-		banTime:   int64(c.banTime),
+		roles:   newPortRoles(c.doors, c.decoys),
+		shards:  make([]shard, nshards),
+		mask:    uint64(nshards - 1),
+		seed:    maphash.MakeSeed(),
+		emit:    emit,
+		bans:    newBans(c, nshards),
+		auth:    c.keys != nil,
+		maxSkew: int64(c.maxSkew),
 	}
+	t.keys.Store(c.keys)
+	for _, d := range c.doors {
+		target := uint8(0)
+		if d.target.IsValid() {
+			i := indexOfAddr(t.targets, d.target)
+			if i < 0 {
+				t.targets = append(t.targets, d.target)
+				i = len(t.targets) - 1
+			}
+			target = uint8(i + 1)
+		}
+		t.doors = append(t.doors, newRules(d, target, c.decoys))
+		t.maxGap = max(t.maxGap, int64(d.timeout))
+	}
+	nd := len(t.doors)
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.limit = c.maxClients / nshards
@@ -681,62 +1241,212 @@ func newTracker(c *config, emit func(event)) *tracker {
 		prealloc := min(s.limit, preallocateClients/nshards)
 		s.index = make(map[addrKey]int32, prealloc)
 		for range (prealloc + chunkSize - 1) / chunkSize {
-			s.chunks = append(s.chunks, make([]client, chunkSize))
+			s.grow(nd, t.auth)
 		}
 		s.head, s.tail = noSlot, noSlot
-		s.bans = make(map[addrKey]banRecord)
+		buckets := max(1, (s.limit*firstKnockFactor+compactWays-1)/compactWays)
+		if t.auth {
+			s.chals = make([]challenge, max(1, (s.limit*challengeFactor+compactWays-1)/compactWays)*compactWays)
+		} else {
+			s.firsts = make([]firstKnock, buckets*compactWays)
+		}
 	}
 	return t
 }
 
-func (t *tracker) shardOf(k addrKey) *shard {
-	return &t.shards[maphash.Comparable(t.seed, k)&t.mask]
+func indexOfAddr(list []netip.Addr, a netip.Addr) int {
+	for i, b := range list {
+		if a == b {
+			return i
+		}
+	}
+	return -1
 }
 
-// outbox collects the events of one knock while the shard is locked; they are emitted after.
-type outbox struct {
-	events [2 * (pendingMax + 1)]event // each knock settled reports at most two
-	n      int
+// targetIndex is a knock's destination as pendingKnock.to: the index+1 of the door target it
+// was sent to, or 0.
+func (t *tracker) targetIndex(to netip.Addr) uint8 {
+	if len(t.targets) == 0 || !to.IsValid() {
+		return 0
+	}
+	return uint8(indexOfAddr(t.targets, to.Unmap()) + 1)
 }
 
-func (o *outbox) add(e event) {
-	if o.n < len(o.events) {
-		o.events[o.n] = e
-		o.n++
+func (s *shard) grow(ndoors int, auth bool) {
+	s.chunks = append(s.chunks, make([]client, chunkSize))
+	s.progs = append(s.progs, make([]progress, chunkSize*ndoors))
+	if auth {
+		s.auths = append(s.auths, make([]authState, chunkSize))
 	}
 }
 
-// knock records one knock and reports what it caused.
-func (t *tracker) knock(k knock) {
-	var out outbox
-	s := t.shardOf(k.from)
+// progress returns client slot i's progress on every door.
+func (s *shard) progress(i int32, ndoors int) []progress {
+	base := int(i&(chunkSize-1)) * ndoors
+	return s.progs[i>>chunkBits][base : base+ndoors]
+}
+
+func (s *shard) authOf(i int32) *authState { return &s.auths[i>>chunkBits][i&(chunkSize-1)] }
+
+func (t *tracker) hash(k addrKey) uint64 { return maphash.Comparable(t.seed, k) }
+
+func (t *tracker) shardOf(h uint64) *shard { return &t.shards[h&t.mask] }
+
+// bucket is the compactWays slots where a key may live, chosen by hash bits the shard index
+// does not use.
+func bucket[E any](table []E, h uint64) []E {
+	n := uint64(len(table) / compactWays)
+	b := int((h>>32)%n) * compactWays
+	return table[b : b+compactWays]
+}
+
+// outbox collects the events of one knock while a shard is locked; they are emitted after.
+// Each caller owns one, so filling it allocates nothing.
+type outbox struct{ events []event }
+
+func newOutbox(ndoors int) *outbox {
+	return &outbox{events: make([]event, 0, (pendingMax+2)*(2*ndoors+2))}
+}
+
+func (o *outbox) add(e event) { o.events = append(o.events, e) }
+
+func (t *tracker) flush(o *outbox) {
+	if len(o.events) > 0 {
+		t.emit(o.events)
+		o.events = o.events[:0]
+	}
+}
+
+// knock records one plain knock (or, with keys, one already verified authenticated knock
+// through authKnock) and reports what it caused into out.
+func (t *tracker) knock(k *knock, out *outbox) dropReason {
+	if t.bans.banned(k.from, k.ts) {
+		return dropBanned
+	}
+	h := t.hash(k.from)
+	s := t.shardOf(h)
+	pk := t.pending(k)
 	s.mu.Lock()
-	if t.isBanned(s, k.from, k.ts) {
-		s.mu.Unlock()
+	t.reportKnock(k, out)
+	if i, ok := s.index[k.from]; ok {
+		s.touch(i)
+		t.add(s, i, pk, out)
+	} else {
+		t.addFirst(s, h, k.from, pk, out)
+	}
+	s.mu.Unlock()
+	t.flush(out)
+	return dropNone
+}
+
+func (t *tracker) pending(k *knock) pendingKnock {
+	return pendingKnock{ts: k.ts, port: k.port.port, proto: k.port.proto, flags: k.flags, srcPort: k.srcPort, to: t.targetIndex(k.to)}
+}
+
+// reportKnock reports a knock itself, before what it causes, when a hook or -v wants it.
+func (t *tracker) reportKnock(k *knock, out *outbox) {
+	if t.wantKnock.Load() {
+		out.add(event{kind: eventKnock, door: t.roles.of(k.port).door, from: k.from, srcPort: k.srcPort, port: k.port, ts: k.ts})
+	}
+}
+
+// addFirst handles a knock from an address without a client record: it is a duplicate of the
+// address's first knock, its second knock (the address becomes a client), or its first.
+func (t *tracker) addFirst(s *shard, h uint64, from addrKey, pk pendingKnock, out *outbox) {
+	b := bucket(s.firsts, h)
+	for j := range b {
+		f := &b[j]
+		if f.pk.ts == 0 || f.key != from {
+			continue
+		}
+		if t.duplicate(&f.pk, &pk) {
+			if pk.ts < f.pk.ts && !f.pk.settled {
+				f.pk.ts, f.pk.srcPort = pk.ts, pk.srcPort // the earlier copy is the original
+			}
+			return
+		}
+		i := t.newClient(s, from)
+		c := s.slot(i)
+		if f.pk.settled { // its effect was applied when it was settled: replay it silently
+			t.applyAll(s, i, c, f.pk, nil)
+		} else {
+			c.pending[0], c.npending = f.pk, 1
+		}
+		f.pk = pendingKnock{}
+		t.add(s, i, pk, out)
 		return
 	}
-	c := s.lookup(k.from, t)
-	if c.npending == pendingMax {
-		t.settleOldest(s, c, &out)
+	// The address's first knock: take the oldest slot of the bucket.
+	victim := &b[0]
+	for j := 1; j < len(b) && victim.pk.ts != 0; j++ {
+		if b[j].pk.ts == 0 || b[j].pk.ts < victim.pk.ts {
+			victim = &b[j]
+		}
 	}
-	c.insert(pendingKnock{ts: k.ts, port: k.port, srcPort: k.srcPort})
-	t.settle(s, c, k.ts-reorderWindow, &out)
-	s.mu.Unlock()
-	if t.wantKnock.Load() {
-		t.emit(event{kind: eventKnock, from: k.from, srcPort: k.srcPort, port: k.port, ts: k.ts})
-	}
-	for i := 0; i < out.n; i++ {
-		t.emit(out.events[i])
+	*victim = firstKnock{key: from, pk: pk}
+	// An unlock never waits: a one-knock door opens now.
+	for d := range t.doors {
+		if r := &t.doors[d]; t.open(d) && len(r.seq) == 1 && r.counts(&pk) && r.seq[0] == pk.spec() {
+			t.settleFirst(s, victim, out)
+			return
+		}
 	}
 }
 
-// lookup finds or creates the client and marks it most recently seen.
-func (s *shard) lookup(k addrKey, t *tracker) *client {
-	if i, ok := s.index[k]; ok {
-		s.unlink(i)
-		s.pushFront(i)
-		return s.slot(i)
+// settleFirst applies a compact first knock to fresh progress on every door: it opens a
+// one-knock door, starts an attempt, or is a wrong knock.
+func (t *tracker) settleFirst(s *shard, f *firstKnock, out *outbox) {
+	var p progress
+	stray := true
+	for d := range t.doors {
+		if !t.open(d) {
+			continue
+		}
+		p = progress{}
+		v, _ := t.doors[d].apply(&p, &f.pk)
+		if v != verdictRejected {
+			stray = false
+		}
+		if v == verdictUnlocked && t.take(d) {
+			out.add(event{kind: eventUnlock, door: uint16(d), from: f.key, srcPort: f.pk.srcPort, port: f.pk.spec(), ts: f.pk.ts})
+		}
 	}
+	f.pk.settled = true
+	if stray {
+		t.strayFailure(s, f.key, &f.pk, out)
+		f.pk = pendingKnock{} // nothing left to remember once the retransmission window is past
+	}
+}
+
+// strayFailure reports a wrong knock from a client with no attempt on any door.
+func (t *tracker) strayFailure(s *shard, key addrKey, pk *pendingKnock, out *outbox) {
+	role := t.roles.of(pk.spec())
+	why := reasonWrongPort
+	if role.decoy {
+		why = reasonDecoy
+	}
+	out.add(event{kind: eventFail, reason: why, door: role.door, from: key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts})
+	if t.bans.fail(key, pk.ts) {
+		out.add(event{kind: eventFail, reason: reasonBanned, door: role.door, from: key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts})
+	}
+}
+
+// duplicate reports whether b repeats a, a knock on the same port moments before or after it,
+// where no door expects that port twice in a row (then it is the network or the client
+// repeating itself, and the rules would ignore it anyway).
+func (t *tracker) duplicate(a, b *pendingKnock) bool {
+	if a.port != b.port || a.proto != b.proto || t.roles.of(a.spec()).repeatable {
+		return false
+	}
+	gap := a.ts - b.ts
+	if gap < 0 {
+		gap = -gap
+	}
+	return gap <= int64(time.Second) && gap <= t.doors[t.roles.of(a.spec()).door].retransmit
+}
+
+// newClient makes a client record, evicting another client record when the shard is full.
+func (t *tracker) newClient(s *shard, k addrKey) int32 {
 	if len(s.index) >= s.limit {
 		s.evict(t)
 	}
@@ -746,31 +1456,48 @@ func (s *shard) lookup(k addrKey, t *tracker) *client {
 		s.free = s.free[:n-1]
 	} else {
 		if int(s.used) == len(s.chunks)*chunkSize {
-			s.chunks = append(s.chunks, make([]client, chunkSize))
+			s.grow(len(t.doors), t.auth)
 		}
 		i = s.used
 		s.used++
 	}
-	c := s.slot(i)
-	*c = client{key: k}
+	*s.slot(i) = client{key: k}
+	clear(s.progress(i, len(t.doors)))
+	if t.auth {
+		*s.authOf(i) = authState{}
+	}
 	s.index[k] = i
 	s.pushFront(i)
-	return c
+	return i
+}
+
+func (s *shard) touch(i int32) {
+	if s.head != i {
+		s.unlink(i)
+		s.pushFront(i)
+	}
 }
 
 // evict makes room for one client. It prefers, among the least recently seen, one with no
-// attempt in progress (it is only remembered to recognise retransmissions); failing that, the
-// least recently seen client loses its attempt.
+// attempt in progress; failing that, the least recently seen client loses its attempt.
 func (s *shard) evict(t *tracker) {
-	victim := s.tail
 	for n, j := 0, s.tail; n < 16 && j != noSlot; n, j = n+1, s.slot(j).prev {
-		if c := s.slot(j); c.npending == 0 && c.progress.step == 0 {
+		if c := s.slot(j); c.npending == 0 && !t.inProgress(s.progress(j, len(t.doors))) {
 			s.remove(j)
 			return
 		}
 	}
-	s.remove(victim)
+	s.remove(s.tail)
 	t.evicted.Add(1)
+}
+
+func (t *tracker) inProgress(ps []progress) bool {
+	for i := range ps {
+		if ps[i].step > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *shard) pushFront(i int32) {
@@ -805,126 +1532,205 @@ func (s *shard) remove(i int32) {
 	s.free = append(s.free, i)
 }
 
-// insert keeps the pending knocks sorted by receive time.
-func (c *client) insert(pk pendingKnock) {
-	i := int(c.npending)
-	for i > 0 && c.pending[i-1].ts > pk.ts {
-		c.pending[i] = c.pending[i-1]
-		i--
+// add inserts a knock into a client's pending knocks, in receive-time order, unless it
+// duplicates its neighbour in time; then settles what can be settled.
+func (t *tracker) add(s *shard, i int32, pk pendingKnock, out *outbox) {
+	c := s.slot(i)
+	pos := int(c.npending)
+	for pos > 0 && c.pending[pos-1].ts > pk.ts {
+		pos--
 	}
-	c.pending[i] = pk
+	if pos > 0 && t.duplicate(&c.pending[pos-1], &pk) {
+		return
+	}
+	if pos < int(c.npending) && t.duplicate(&c.pending[pos], &pk) {
+		c.pending[pos].ts, c.pending[pos].srcPort = pk.ts, pk.srcPort // the earlier copy is the original
+		return
+	}
+	if pos == 0 && c.lastTs != 0 {
+		// Older than a knock already settled: it comes too late to be put in its place (a
+		// sequence completed without it, or it is more than the reorder window late). In time
+		// order it was a duplicate or a knock that must not undo what is settled: drop it.
+		last := pendingKnock{ts: c.lastTs, port: c.lastPort.port, proto: c.lastPort.proto}
+		if pk.ts < c.lastTs || t.duplicate(&last, &pk) {
+			return
+		}
+	}
+	if c.npending == pendingMax {
+		t.settleOldest(s, i, out)
+		pos = max(pos-1, 0)
+	}
+	copy(c.pending[pos+1:c.npending+1], c.pending[pos:c.npending])
+	c.pending[pos] = pk
 	c.npending++
+	t.settle(s, i, pk.ts-reorderWindow, out)
 }
 
-// settle makes pending knocks final: all of them up to the first that completes the sequence
-// (an unlock never waits), and those received before horizon.
-func (t *tracker) settle(s *shard, c *client, horizon int64, out *outbox) {
-	trial := c.progress
+// settle makes pending knocks final: all of them up to the first that completes a door (an
+// unlock never waits), and those received before horizon.
+func (t *tracker) settle(s *shard, i int32, horizon int64, out *outbox) {
+	c := s.slot(i)
+	if c.npending == 0 {
+		return
+	}
+	var trial [maxDoors]progress
+	ps := s.progress(i, len(t.doors))
+	copy(trial[:], ps)
 	cut := 0
-	for i := 0; i < int(c.npending); i++ {
-		if v, _ := t.rules.apply(&trial, c.pending[i].port, c.pending[i].ts); v == verdictUnlocked {
-			cut = i + 1
-			break
+	for j := 0; j < int(c.npending) && cut == 0; j++ {
+		for d := range t.doors {
+			if v, _ := t.doors[d].apply(&trial[d], &c.pending[j]); v == verdictUnlocked && t.open(d) {
+				cut = j + 1
+			}
 		}
 	}
 	for cut < int(c.npending) && c.pending[cut].ts < horizon {
 		cut++
 	}
-	for i := 0; i < cut && c.npending > 0; i++ {
-		t.settleOldest(s, c, out)
+	for range cut {
+		t.settleOldest(s, i, out)
 	}
 }
 
-func (t *tracker) settleOldest(s *shard, c *client, out *outbox) {
+// settleOldest applies a client's oldest pending knock to every door.
+func (t *tracker) settleOldest(s *shard, i int32, out *outbox) {
+	c := s.slot(i)
 	pk := c.pending[0]
 	copy(c.pending[:], c.pending[1:c.npending])
 	c.npending--
-	v, why := t.rules.apply(&c.progress, pk.port, pk.ts)
-	if why != reasonNone {
-		out.add(event{kind: eventFail, reason: why, from: c.key, srcPort: pk.srcPort, port: pk.port, ts: pk.ts})
-		if t.recordFailure(s, c.key, pk.ts) {
-			out.add(event{kind: eventFail, reason: reasonBanned, from: c.key, srcPort: pk.srcPort, port: pk.port, ts: pk.ts})
-			c.progress, c.npending = progress{}, 0
-			return
+	t.applyAll(s, i, c, pk, out)
+}
+
+// applyAll applies one knock to every door of a client. With out nil it replays a knock whose
+// events were reported already.
+func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *outbox) {
+	ps := s.progress(i, len(t.doors))
+	c.lastTs, c.lastPort = pk.ts, pk.spec()
+	stray, failed, unlocked := true, false, false
+	for d := range t.doors {
+		if !t.open(d) {
+			continue
+		}
+		had := ps[d].step > 0
+		first := ps[d].first
+		v, why := t.doors[d].apply(&ps[d], &pk)
+		if v != verdictRejected || had {
+			stray = false
+		}
+		if out == nil {
+			continue
+		}
+		if why != reasonNone && had {
+			failed = true
+			out.add(event{kind: eventFail, reason: why, door: uint16(d), from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts, elapsed: pk.ts - first})
+		}
+		if v == verdictUnlocked && t.take(d) {
+			unlocked = true
+			e := event{kind: eventUnlock, door: uint16(d), from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts, elapsed: pk.ts - ps[d].first}
+			if t.auth {
+				a := s.authOf(i)
+				e.conf = confirmInfo{nonceS: a.nonceS, keyID: a.keyID, local: a.local, valid: true}
+			}
+			out.add(e)
 		}
 	}
-	if v == verdictUnlocked {
-		out.add(event{kind: eventUnlock, from: c.key, srcPort: pk.srcPort, port: pk.port, ts: pk.ts, elapsed: pk.ts - c.progress.first})
+	if out == nil {
+		return
+	}
+	if stray {
+		t.strayFailure(s, c.key, &pk, out)
+		failed = true
+	} else if failed && t.bans.fail(c.key, pk.ts) {
+		out.add(event{kind: eventFail, reason: reasonBanned, door: t.roles.of(pk.spec()).door, from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts})
+	}
+	if t.auth && (unlocked || failed) {
+		// The attempt is over: its challenge is spent. Another needs a new hello.
+		*s.authOf(i) = authState{}
+		clear(ps)
+		c.npending = 0
 	}
 }
 
-// recordFailure counts a failed attempt and reports whether it bans the source.
-func (t *tracker) recordFailure(s *shard, k addrKey, ts int64) bool {
-	if t.banAfter == 0 {
-		return false
-	}
-	b, ok := s.bans[k]
-	if !ok && len(s.bans) >= s.limit {
-		return false // the ban table is full: counting stops rather than memory growing
-	}
-	if ts-b.windowStart > t.banWindow {
-		b = banRecord{windowStart: ts}
-	}
-	b.failures++
-	banned := b.failures >= t.banAfter
-	if banned {
-		b.until = ts + t.banTime
-		b.failures = 0
-	}
-	s.bans[k] = b
-	return banned
+// open reports whether door d can unlock: a one-time door cannot between its unlock and its
+// next sequence.
+func (t *tracker) open(d int) bool { return t.doors[d].spent == nil || !t.doors[d].spent.Load() }
+
+// take claims door d's unlock: for a one-time door, only the first unlock of a sequence.
+func (t *tracker) take(d int) bool {
+	return t.doors[d].spent == nil || t.doors[d].spent.CompareAndSwap(false, true)
 }
 
-func (t *tracker) isBanned(s *shard, k addrKey, ts int64) bool {
-	if t.banAfter == 0 {
-		return false
+// setSequence gives a one-time door its next sequence: every shard is locked, so no knock sees
+// half of it, and every client's progress on the door starts over.
+func (t *tracker) setSequence(d int, seq []portSpec) {
+	for i := range t.shards {
+		t.shards[i].mu.Lock()
 	}
-	b, ok := s.bans[k]
-	return ok && ts < b.until
-}
-
-// sweep settles what the reorder window has passed and forgets clients with nothing left to
-// remember: stale entries expire on their own, not only when the same client knocks again.
-func (t *tracker) sweep(now int64) {
+	t.doors[d].seq = seq
 	for i := range t.shards {
 		s := &t.shards[i]
-		var out outbox
+		for j := s.head; j != noSlot; j = s.slot(j).next {
+			s.progress(j, len(t.doors))[d] = progress{}
+		}
+	}
+	t.doors[d].spent.Store(false)
+	for i := range t.shards {
+		t.shards[i].mu.Unlock()
+	}
+}
+
+// sweep settles what the reorder window has passed and forgets what there is no need to
+// remember: stale entries expire on their own, not only when the same client knocks again.
+func (t *tracker) sweep(now int64) {
+	out := newOutbox(len(t.doors))
+	t.bans.sweep(now)
+	for i := range t.shards {
+		s := &t.shards[i]
 		s.mu.Lock()
 		for j := s.head; j != noSlot; {
 			c := s.slot(j)
 			next := c.next
 			if c.npending > 0 {
-				out.n = 0
-				t.settle(s, c, now-reorderWindow, &out)
-				for e := range out.n { // emit never blocks, so the lock may stay held
-					t.emit(out.events[e])
-				}
+				t.settle(s, j, now-reorderWindow, out)
 			}
-			if c.npending == 0 && t.idle(&c.progress, now) {
+			if c.npending == 0 && t.idle(c, s.progress(j, len(t.doors)), now) {
 				s.remove(j)
 			}
 			j = next
 		}
-		for k, b := range s.bans {
-			if now >= b.until && now-b.windowStart > t.banWindow {
-				delete(s.bans, k)
+		for j := range s.firsts {
+			f := &s.firsts[j]
+			switch {
+			case f.pk.ts == 0:
+			case !f.pk.settled && f.pk.ts < now-reorderWindow:
+				t.settleFirst(s, f, out)
+			case f.pk.settled && now-f.pk.ts > 2*t.maxGap:
+				f.pk = pendingKnock{}
+			}
+		}
+		for j := range s.chals {
+			if c := &s.chals[j]; c.state.issued != 0 && now-c.state.issued > t.maxGap+t.maxSkew {
+				c.state = authState{}
 			}
 		}
 		s.mu.Unlock()
+		t.flush(out) // outside the lock, like every emit
 	}
 }
 
 // idle reports whether a client has nothing left to remember. An attempt in progress is kept for
-// twice the timeout, so that a late knock is still reported as a timeout rather than a wrong port.
-func (t *tracker) idle(p *progress, now int64) bool {
-	since := now - p.last
-	if p.step > 0 {
-		return since > 2*t.rules.timeout
+// twice its door's timeout, so that a late knock is still reported as a timeout rather than a
+// wrong port; a client without one only as long as a retransmission could follow.
+func (t *tracker) idle(c *client, ps []progress, now int64) bool {
+	for d := range ps {
+		if ps[d].step > 0 && now-ps[d].last <= 2*t.doors[d].timeout {
+			return false
+		}
 	}
-	return since > t.rules.retransmit
+	return now-c.lastTs > int64(time.Second)
 }
 
-// clients reports how many clients are tracked now.
+// clients reports how many client records exist now.
 func (t *tracker) clients() int {
 	n := 0
 	for i := range t.shards {
@@ -936,253 +1742,1000 @@ func (t *tracker) clients() int {
 	return n
 }
 
-// scanWarning says when a sequential port scan could complete the sequence by itself.
-func scanWarning(seq, decoys []uint16) string {
-	if len(seq) < 2 {
-		return "a one-port sequence is completed by any scan that touches the port; use a longer sequence or --secret-file"
-	}
-	asc, desc := true, true
-	lo, hi := seq[0], seq[0]
-	for i := 1; i < len(seq); i++ {
-		asc = asc && seq[i] > seq[i-1]
-		desc = desc && seq[i] < seq[i-1]
-		lo, hi = min(lo, seq[i]), max(hi, seq[i])
-	}
-	if !asc && !desc {
-		return ""
-	}
-	for _, d := range decoys {
-		if d > lo && d < hi {
-			return ""
+// =============================================================================================
+// Bans
+//
+// A ban record per source (an IPv6 source counts as its --ban-prefix6 prefix), in a table of its
+// own with its own bound. When the table is full, a new record takes the place of the weakest of
+// a sample: fewest failures first, then oldest; an active ban goes last. So a flood of spoofed
+// wrong knocks, one record each, only displaces other one-failure records: it neither lifts a ban
+// nor resets an address that is close to one.
+
+type banKey addrKey
+
+type banRecord struct {
+	failures    int32
+	windowStart int64
+	until       int64
+}
+
+// bans are sharded by ban key, with locks of their own: a client's shard lock may be held
+// while a ban shard's is taken, never the other way round.
+type bans struct {
+	after   int32
+	window  int64
+	length  int64
+	prefix6 int
+	seed    maphash.Seed
+	shards  []banShard
+}
+
+type banShard struct {
+	mu      sync.Mutex
+	records map[banKey]banRecord
+	limit   int
+	_       [64]byte
+}
+
+const banSample = 32
+
+func newBans(c *config, nshards int) *bans {
+	b := &bans{after: int32(c.banAfter), window: int64(c.banWindow), length: int64(c.banTime), prefix6: c.banPrefix6, seed: maphash.MakeSeed()}
+	if b.after > 0 {
+		b.shards = make([]banShard, nshards)
+		for i := range b.shards {
+			b.shards[i] = banShard{records: map[banKey]banRecord{}, limit: max(1, c.maxClients/nshards)}
 		}
 	}
-	order := "ascending"
-	if desc {
-		order = "descending"
+	return b
+}
+
+// keyOf is what a ban covers: an IPv4 address, or an IPv6 address's --ban-prefix6 prefix.
+func (b *bans) keyOf(k addrKey) banKey {
+	if k.is4() {
+		return banKey(k)
 	}
-	return fmt.Sprintf("the sequence %s is %s: a sequential port scan completes it; reorder it, add --decoys between the knock ports, or use --secret-file", formatPorts(seq), order)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Authenticated knocks
-//
-// With --secret-file every knock datagram carries a token (big-endian integers):
-//
-//	offset  size  field
-//	0       2     magic "KK"
-//	2       1     version, 1
-//	3       1     position of this knock in the sequence, from 0
-//	4       8     client time, unix milliseconds
-//	12      16    nonce, random
-//	28      32    HMAC-SHA256(secret, bytes 0-27 || destination port as 2 bytes)
-//
-// The server checks the MAC (constant time) before anything else, then the time against
-// --max-skew, the position against the port, and last the nonce against a replay cache.
-
-const (
-	tokenLen     = 60
-	tokenMACAt   = 28
-	tokenVersion = 1
-)
-
-// tokenMAC computes token MACs. A hash is not safe for concurrent use, so each listener and
-// each client owns one.
-type tokenMAC struct {
-	mac  hash.Hash
-	port [2]byte
-	sum  [sha256.Size]byte
-}
-
-func newTokenMAC(secret []byte) *tokenMAC { return &tokenMAC{mac: hmac.New(sha256.New, secret)} }
-
-func (m *tokenMAC) compute(head []byte, port uint16) []byte {
-	m.mac.Reset()
-	m.mac.Write(head)
-	binary.BigEndian.PutUint16(m.port[:], port)
-	m.mac.Write(m.port[:])
-	return m.mac.Sum(m.sum[:0])
-}
-
-// tokenFields are a token's parts; parseToken checks only the shape, not the MAC.
-type tokenFields struct {
-	pos   int
-	milli int64
-	nonce [16]byte
-}
-
-func parseToken(b []byte) (tokenFields, bool) {
-	if len(b) != tokenLen || b[0] != 'K' || b[1] != 'K' || b[2] != tokenVersion {
-		return tokenFields{}, false
+	if pfx, err := k.addr().Prefix(b.prefix6); err == nil {
+		return banKey(keyOf(pfx.Addr()))
 	}
-	f := tokenFields{pos: int(b[3]), milli: int64(binary.BigEndian.Uint64(b[4:12]))}
-	copy(f.nonce[:], b[12:28])
-	return f, true
+	return banKey(k)
 }
 
-// appendToken builds the token for the knock at position pos on port.
-func appendToken(dst []byte, m *tokenMAC, pos int, port uint16, now time.Time) ([]byte, error) {
-	start := len(dst)
-	dst = append(dst, 'K', 'K', tokenVersion, byte(pos))
-	dst = binary.BigEndian.AppendUint64(dst, uint64(now.UnixMilli()))
-	var nonce [16]byte
-	if _, err := rand.Read(nonce[:]); err != nil {
-		return nil, err
-	}
-	dst = append(dst, nonce[:]...)
-	return append(dst, m.compute(dst[start:], port)...), nil
+func (b *bans) shard(k banKey) *banShard {
+	return &b.shards[maphash.Comparable(b.seed, k)%uint64(len(b.shards))]
 }
 
-// authenticator decides whether a datagram is a genuine, fresh knock.
-type authenticator struct {
-	secret  []byte
-	seq     []uint16
-	decoys  []uint16
-	maxSkew int64 // ms
-	replay  replayCache
-}
-
-func newAuthenticator(c *config) *authenticator {
-	return &authenticator{
-		secret:  c.secret,
-		seq:     c.ports,
-		decoys:  c.decoys,
-		maxSkew: c.maxSkew.Milliseconds(),
-		replay:  newReplayCache(2*c.maxSkew, replayCacheLimit),
-	}
-}
-
-const replayCacheLimit = 1 << 18
-
-func (a *authenticator) verify(m *tokenMAC, b []byte, port uint16, now int64) bool {
-	f, ok := parseToken(b)
-	if !ok || subtle.ConstantTimeCompare(m.compute(b[:tokenMACAt], port), b[tokenMACAt:]) != 1 {
+func (b *bans) banned(from addrKey, ts int64) bool {
+	if b.after == 0 {
 		return false
 	}
-	if skew := now/int64(time.Millisecond) - f.milli; skew > a.maxSkew || -skew > a.maxSkew {
+	k := b.keyOf(from)
+	s := b.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.records[k]
+	return ok && ts < r.until
+}
+
+// fail counts a failed attempt and reports whether it bans the source.
+func (b *bans) fail(from addrKey, ts int64) bool {
+	if b.after == 0 {
 		return false
 	}
-	if f.pos >= len(a.seq) || a.seq[f.pos] != port {
-		if !containsPort(a.decoys, port) {
-			return false
+	k := b.keyOf(from)
+	s := b.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.records[k]
+	if !ok && len(s.records) >= s.limit && !s.evictWeakest(ts) {
+		return false
+	}
+	if ts-r.windowStart > b.window {
+		r.failures, r.windowStart = 0, ts
+	}
+	r.failures++
+	banned := r.failures >= b.after
+	if banned {
+		r.until = ts + b.length
+		r.failures = 0
+	}
+	s.records[k] = r
+	return banned
+}
+
+// evictWeakest removes the weakest record of a random sample: one that is not an active ban,
+// with the fewest failures, the oldest. When the sample holds only active bans it removes
+// nothing, and the newcomer is not counted.
+func (s *banShard) evictWeakest(now int64) bool {
+	var victim banKey
+	var weakest banRecord
+	found, n := false, 0
+	for k, r := range s.records { // map iteration starts at a random place: a random sample
+		if !found || weaker(r, weakest, now) {
+			victim, weakest, found = k, r, true
+		}
+		if n++; n == banSample {
+			break
 		}
 	}
-	return a.replay.firstSeen(f.nonce, now)
-}
-
-// replayCache remembers nonces in two generations that each live span (twice --max-skew): a
-// token is valid for at most span after it is first seen, and a nonce stays in the cache for at
-// least span. When a generation is full, new knocks are refused rather than old nonces forgotten:
-// memory stays bounded and a replay never gets through.
-type replayCache struct {
-	mu       sync.Mutex
-	cur, old map[[16]byte]struct{}
-	rotated  int64
-	span     int64
-	limit    int
-}
-
-func newReplayCache(span time.Duration, limit int) replayCache {
-	return replayCache{cur: map[[16]byte]struct{}{}, old: map[[16]byte]struct{}{}, span: int64(span), limit: limit}
-}
-
-func (r *replayCache) firstSeen(nonce [16]byte, now int64) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if now-r.rotated >= r.span {
-		clear(r.old)
-		if now-r.rotated >= 2*r.span {
-			clear(r.cur)
-		}
-		r.old, r.cur, r.rotated = r.cur, r.old, now
-	}
-	if _, ok := r.cur[nonce]; ok {
+	if !found || now < weakest.until {
 		return false
 	}
-	if _, ok := r.old[nonce]; ok {
-		return false
-	}
-	if len(r.cur) >= r.limit {
-		return false
-	}
-	r.cur[nonce] = struct{}{}
+	delete(s.records, victim)
 	return true
 }
 
-// ---------------------------------------------------------------------------------------------
-// Listeners
+func weaker(a, b banRecord, now int64) bool {
+	aBanned, bBanned := now < a.until, now < b.until
+	switch {
+	case aBanned != bBanned:
+		return !aBanned
+	case aBanned:
+		return a.until < b.until
+	case a.failures != b.failures:
+		return a.failures < b.failures
+	}
+	return a.windowStart < b.windowStart
+}
+
+func (b *bans) sweep(now int64) {
+	for i := range b.shards {
+		s := &b.shards[i]
+		s.mu.Lock()
+		for k, r := range s.records {
+			if now >= r.until && now-r.windowStart > b.window {
+				delete(s.records, k)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// =============================================================================================
+// Tokens: the authenticated wire format and keys
+//
+// With --secret-file (one shared key) or --keys (one key per user), every knock is a 64-byte
+// UDP datagram, and an attempt runs in four steps (big-endian integers; MAC is the first 16
+// bytes of HMAC-SHA256 keyed by the key file's bytes, white space around them removed):
+//
+//	HELLO      client -> server, to the door's first port
+//	 0  2 "KK"   2 1 version 2   3 1 'H'
+//	 4  8 key id: the first 8 bytes of SHA-256("knockknock key id" || key)
+//	12  8 client time, unix milliseconds (the server accepts it within --max-skew)
+//	20 16 client nonce, random
+//	36 12 zero
+//	48 16 MAC('H' || destination port (2) || bytes 4-35)
+//
+//	CHALLENGE  server -> client, from that port, to the hello's source
+//	 0 "KK" 2 'C'   4 16 server nonce, random, fresh for this attempt
+//	20 16 the client's address as the server saw it (IPv4 as ::ffff:a.b.c.d)
+//	36  2 the client's source port as the server saw it
+//	38 10 zero
+//	48 16 MAC('C' || client nonce (16) || bytes 4-37)
+//
+//	KNOCK      client -> server, one to each port of the sequence, in order
+//	 0 "KK" 2 'K'   4 8 key id   12 1 position in the sequence, from 0   13 35 zero
+//	48 16 MAC('K' || position (1) || destination port (2) || server nonce (16) || client address as seen (16))
+//
+//	CONFIRM    server -> client, from the final port, to the final knock's source, once
+//	           on_unlock (and on_flush) returned
+//	 0 "KK" 2 'A'   4 1 status: 0 unlocked, 1 the hook failed
+//	 5 1 door name length   6 32 door name, zero padded   38 10 zero
+//	48 16 MAC('A' || server nonce (16) || bytes 4-37)
+//
+// Every MAC input fits one SHA-256 block, so a check costs two compressions. The server looks a
+// key up by its id, keeps the server nonce of each address's attempt in the tracker, and
+// answers nothing that fails a check. A token is bound to the server nonce (worthless after its
+// attempt, after a restart, at another server) and to the address that sent the hello (worthless
+// from anywhere else); each position is accepted once. Answers are never larger than the
+// datagram that caused them.
 
 const (
-	receiveBuffer = 8 << 20
-	soRcvbufForce = 33 // Linux SO_RCVBUFFORCE: lets root raise the buffer past net.core.rmem_max
+	wireLen     = 64
+	wireVersion = 2
+	wireMACAt   = 48
+	macLen      = 16
+	keyIDLen    = 8
+	nonceLen    = 16
 )
 
-// timestampOption is Linux's SO_TIMESTAMPNS on the ports where it is 35, a cmsghdr takes 16
-// bytes and a timespec two int64s. Elsewhere knocks are timed when they are read.
-var timestampOption = func() int {
-	if runtime.GOOS != "linux" {
+const (
+	msgHello     = 'H'
+	msgChallenge = 'C'
+	msgKnock     = 'K'
+	msgConfirm   = 'A'
+)
+
+const (
+	confirmUnlocked   = 0
+	confirmHookFailed = 1
+)
+
+const keyIDLabel = "knockknock key id"
+
+// macKey is a key's HMAC-SHA256 state after the inner and outer pads, marshalled, so that a MAC
+// costs two compressions and no allocation.
+type macKey struct{ inner, outer []byte }
+
+func newMACKey(key []byte) macKey {
+	if len(key) > sha256.BlockSize {
+		sum := sha256.Sum256(key)
+		key = sum[:]
+	}
+	var ipad, opad [sha256.BlockSize]byte
+	copy(ipad[:], key)
+	copy(opad[:], key)
+	for i := range ipad {
+		ipad[i] ^= 0x36
+		opad[i] ^= 0x5c
+	}
+	state := func(pad []byte) []byte {
+		h := sha256.New()
+		h.Write(pad)
+		b, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+		if err != nil {
+			panic(err) // crypto/sha256 always marshals
+		}
+		return b
+	}
+	return macKey{inner: state(ipad[:]), outer: state(opad[:])}
+}
+
+// macScratch computes MACs with any macKey. It is not safe for concurrent use: each listener
+// and each client owns one.
+type macScratch struct {
+	in, out hash.Hash
+	buf     [64]byte
+	sum     [sha256.Size]byte
+}
+
+func newMACScratch() *macScratch { return &macScratch{in: sha256.New(), out: sha256.New()} }
+
+// mac returns the first macLen bytes of HMAC-SHA256 over msg.
+func (m *macScratch) mac(k *macKey, msg []byte) []byte {
+	m.in.(encoding.BinaryUnmarshaler).UnmarshalBinary(k.inner)
+	m.in.Write(msg)
+	inner := m.in.Sum(m.sum[:0])
+	m.out.(encoding.BinaryUnmarshaler).UnmarshalBinary(k.outer)
+	m.out.Write(inner)
+	return m.out.Sum(m.sum[:0])[:macLen]
+}
+
+// userKey is one key: a user's, or the one shared key (name "").
+type userKey struct {
+	name string
+	id   [keyIDLen]byte
+	mac  macKey
+}
+
+func newUserKey(name string, secret []byte) *userKey {
+	sum := sha256.Sum256(append([]byte(keyIDLabel), secret...))
+	k := &userKey{name: name, mac: newMACKey(secret)}
+	copy(k.id[:], sum[:keyIDLen])
+	return k
+}
+
+// keyring is the set of keys, immutable once made: SIGHUP swaps in a new one.
+type keyring struct {
+	byID   map[[keyIDLen]byte]*userKey
+	shared bool // --secret-file: one key without a user name
+}
+
+func (r *keyring) lookup(id []byte) *userKey {
+	if r == nil {
+		return nil
+	}
+	return r.byID[[keyIDLen]byte(id)]
+}
+
+func (r *keyring) users() []string {
+	var names []string
+	for _, k := range r.byID {
+		names = append(names, k.name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding and decoding: pure functions of their arguments.
+
+func wireHeader(b []byte, typ byte) {
+	b[0], b[1], b[2], b[3] = 'K', 'K', wireVersion, typ
+}
+
+// wireType returns a datagram's message type, or 0 when it is not a version-2 message.
+func wireType(b []byte) byte {
+	if len(b) != wireLen || b[0] != 'K' || b[1] != 'K' || b[2] != wireVersion {
 		return 0
 	}
-	switch runtime.GOARCH {
-	case "amd64", "arm64", "riscv64", "ppc64le", "ppc64", "s390x", "loong64":
-		return 35
-	}
-	return 0
-}()
-
-// knockListener reads one knock or decoy port. Its buffers and MAC are its own, so the read
-// loop allocates nothing.
-type knockListener struct {
-	port uint16
-	conn *net.UDPConn
-	buf  [128]byte // tokens are 60 bytes; a longer datagram is not a token
-	oob  [64]byte
-	mac  *tokenMAC
+	return b[3]
 }
 
-func (s *server) listen(port uint16) (*knockListener, error) {
-	addr := &net.UDPAddr{Port: int(port)}
-	if s.cfg.listen.IsValid() {
-		addr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(s.cfg.listen, port))
-	}
-	conn, err := net.ListenUDP("udp", addr)
-	if err != nil {
-		return nil, bindError("UDP", int(port), err)
-	}
-	tuneSocket(conn)
-	l := &knockListener{port: port, conn: conn}
-	if s.auth != nil {
-		l.mac = newTokenMAC(s.auth.secret)
-	}
-	return l, nil
+// helloMAC, challengeMAC, knockMAC and confirmMAC assemble each message's MAC input.
+func helloMAC(m *macScratch, k *macKey, b []byte, dstPort uint16) []byte {
+	in := append(m.buf[:0], msgHello)
+	in = binary.BigEndian.AppendUint16(in, dstPort)
+	return m.mac(k, append(in, b[4:36]...))
 }
 
-func tuneSocket(conn *net.UDPConn) {
-	_ = conn.SetReadBuffer(receiveBuffer) // the kernel caps it at net.core.rmem_max
-	if timestampOption == 0 {
-		return
-	}
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return
-	}
-	_ = raw.Control(func(fd uintptr) {
-		_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, soRcvbufForce, receiveBuffer)
-		_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, timestampOption, 1)
-	})
+func challengeMAC(m *macScratch, k *macKey, b []byte, nonceC []byte) []byte {
+	in := append(m.buf[:0], msgChallenge)
+	in = append(in, nonceC...)
+	return m.mac(k, append(in, b[4:38]...))
 }
 
-// receiveBufferSize is the socket's receive buffer as the kernel reports it (Linux reports twice
-// the size set, the rest being its bookkeeping).
-func receiveBufferSize(conn *net.UDPConn) int {
-	raw, err := conn.SyscallConn()
+func knockMAC(m *macScratch, k *macKey, pos byte, dstPort uint16, nonceS []byte, client addrKey) []byte {
+	in := append(m.buf[:0], msgKnock, pos)
+	in = binary.BigEndian.AppendUint16(in, dstPort)
+	in = append(in, nonceS...)
+	return m.mac(k, append(in, client[:]...))
+}
+
+func confirmMAC(m *macScratch, k *macKey, b []byte, nonceS []byte) []byte {
+	in := append(m.buf[:0], msgConfirm)
+	in = append(in, nonceS...)
+	return m.mac(k, append(in, b[4:38]...))
+}
+
+// encodeHello writes a hello into b (wireLen bytes).
+func encodeHello(b []byte, m *macScratch, k *userKey, dstPort uint16, unixMilli int64, nonceC []byte) {
+	clear(b[:wireLen])
+	wireHeader(b, msgHello)
+	copy(b[4:12], k.id[:])
+	binary.BigEndian.PutUint64(b[12:20], uint64(unixMilli))
+	copy(b[20:36], nonceC)
+	copy(b[wireMACAt:], helloMAC(m, &k.mac, b, dstPort))
+}
+
+type hello struct {
+	keyID     []byte
+	unixMilli int64
+	nonceC    []byte
+}
+
+// decodeHello checks a hello's MAC with the key its id names; keys may be nil.
+func decodeHello(b []byte, m *macScratch, keys *keyring, dstPort uint16) (hello, *userKey, dropReason) {
+	if wireType(b) != msgHello {
+		return hello{}, nil, dropMalformed
+	}
+	h := hello{keyID: b[4:12], unixMilli: int64(binary.BigEndian.Uint64(b[12:20])), nonceC: b[20:36]}
+	k := keys.lookup(h.keyID)
+	if k == nil {
+		return h, nil, dropUnknownKey
+	}
+	if subtle.ConstantTimeCompare(helloMAC(m, &k.mac, b, dstPort), b[wireMACAt:]) != 1 {
+		return h, nil, dropBadMAC
+	}
+	return h, k, dropNone
+}
+
+// encodeChallenge writes a challenge into b (wireLen bytes).
+func encodeChallenge(b []byte, m *macScratch, k *macKey, nonceC, nonceS []byte, client netip.AddrPort) {
+	clear(b[:wireLen])
+	wireHeader(b, msgChallenge)
+	copy(b[4:20], nonceS)
+	a := keyOf(client.Addr())
+	copy(b[20:36], a[:])
+	binary.BigEndian.PutUint16(b[36:38], client.Port())
+	copy(b[wireMACAt:], challengeMAC(m, k, b, nonceC))
+}
+
+type challengeMsg struct {
+	nonceS []byte
+	seen   netip.AddrPort
+}
+
+// decodeChallenge is the client's side: it checks the MAC against the hello it sent.
+func decodeChallenge(b []byte, m *macScratch, k *macKey, nonceC []byte) (challengeMsg, bool) {
+	if wireType(b) != msgChallenge || subtle.ConstantTimeCompare(challengeMAC(m, k, b, nonceC), b[wireMACAt:]) != 1 {
+		return challengeMsg{}, false
+	}
+	seen := netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[20:36])).Unmap(), binary.BigEndian.Uint16(b[36:38]))
+	return challengeMsg{nonceS: b[4:20], seen: seen}, true
+}
+
+// encodeKnock writes the token for the knock at position pos on dstPort into b.
+func encodeKnock(b []byte, m *macScratch, k *userKey, pos int, dstPort uint16, nonceS []byte, seen netip.Addr) {
+	clear(b[:wireLen])
+	wireHeader(b, msgKnock)
+	copy(b[4:12], k.id[:])
+	b[12] = byte(pos)
+	copy(b[wireMACAt:], knockMAC(m, &k.mac, byte(pos), dstPort, nonceS, keyOf(seen)))
+}
+
+// knockToken is a knock datagram's fields; its MAC is checked against the client's challenge.
+type knockToken struct {
+	keyID []byte
+	pos   byte
+	mac   []byte
+}
+
+func decodeKnock(b []byte) (knockToken, bool) {
+	if wireType(b) != msgKnock {
+		return knockToken{}, false
+	}
+	return knockToken{keyID: b[4:12], pos: b[12], mac: b[wireMACAt:]}, true
+}
+
+// encodeConfirm writes a confirmation into b.
+func encodeConfirm(b []byte, m *macScratch, k *macKey, nonceS []byte, status byte, doorName string) {
+	clear(b[:wireLen])
+	wireHeader(b, msgConfirm)
+	b[4] = status
+	n := copy(b[6:38], doorName)
+	b[5] = byte(n)
+	copy(b[wireMACAt:], confirmMAC(m, k, b, nonceS))
+}
+
+type confirmMsg struct {
+	status byte
+	door   string
+}
+
+func decodeConfirm(b []byte, m *macScratch, k *macKey, nonceS []byte) (confirmMsg, bool) {
+	if wireType(b) != msgConfirm || b[5] > 32 || subtle.ConstantTimeCompare(confirmMAC(m, k, b, nonceS), b[wireMACAt:]) != 1 {
+		return confirmMsg{}, false
+	}
+	return confirmMsg{status: b[4], door: string(b[6 : 6+b[5]])}, true
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tracker's side: hellos make challenges, knocks are checked against them.
+
+// hello answers an authenticated hello: a new challenge for the address, or, for a hello it has
+// seen (a retransmission or a replay), the challenge it already issued. A new hello from a
+// client with an attempt in progress starts the attempt afresh.
+func (t *tracker) hello(from netip.AddrPort, local netip.Addr, h *hello, k *userKey, now int64, reply []byte, m *macScratch) dropReason {
+	if skew := now/int64(time.Millisecond) - h.unixMilli; skew > t.maxSkew/int64(time.Millisecond) || -skew > t.maxSkew/int64(time.Millisecond) {
+		return dropSkew
+	}
+	key := keyOf(from.Addr())
+	if t.bans.banned(key, now) {
+		return dropBanned
+	}
+	hs := t.hash(key)
+	s := t.shardOf(hs)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var st *authState
+	if i, ok := s.index[key]; ok {
+		st = s.authOf(i)
+		if st.issued == 0 || !bytes.Equal(st.nonceC[:], h.nonceC) {
+			clear(s.progress(i, len(t.doors)))
+			s.slot(i).npending = 0
+			*st = authState{}
+		}
+	} else {
+		b := bucket(s.chals, hs)
+		victim := &b[0]
+		for j := range b {
+			c := &b[j]
+			if c.state.issued != 0 && c.key == key {
+				victim = c
+				break
+			}
+			if victim.state.issued != 0 && (c.state.issued == 0 || c.state.issued < victim.state.issued) {
+				victim = c
+			}
+		}
+		if victim.key != key || !bytes.Equal(victim.state.nonceC[:], h.nonceC) {
+			*victim = challenge{key: key}
+		}
+		st = &victim.state
+	}
+	if st.issued == 0 {
+		if _, err := rand.Read(st.nonceS[:]); err != nil {
+			return dropMalformed
+		}
+		copy(st.nonceC[:], h.nonceC)
+		st.keyID, st.local, st.issued = k.id, keyOf(local), now
+	}
+	encodeChallenge(reply, m, &k.mac, h.nonceC, st.nonceS[:], from)
+	return dropNone
+}
+
+// authKnock checks an authenticated knock against the challenge of the address it came from,
+// then records it as a knock. A challenge becomes a client record at its first good knock.
+func (t *tracker) authKnock(k *knock, tok *knockToken, m *macScratch, out *outbox) dropReason {
+	if t.bans.banned(k.from, k.ts) {
+		return dropBanned
+	}
+	h := t.hash(k.from)
+	s := t.shardOf(h)
+	s.mu.Lock()
+	i, isClient := s.index[k.from]
+	var st *authState
+	var chal *challenge
+	if isClient {
+		st = s.authOf(i)
+	} else {
+		b := bucket(s.chals, h)
+		for j := range b {
+			if b[j].state.issued != 0 && b[j].key == k.from {
+				chal = &b[j]
+				st = &chal.state
+			}
+		}
+	}
+	why := t.checkToken(st, k, tok, m)
+	if why != dropNone {
+		s.mu.Unlock()
+		return why
+	}
+	st.used |= 1 << tok.pos
+	if chal != nil {
+		i = t.newClient(s, k.from)
+		*s.authOf(i) = chal.state
+		chal.state = authState{}
+	} else {
+		s.touch(i)
+	}
+	t.reportKnock(k, out)
+	t.add(s, i, t.pending(k), out)
+	s.mu.Unlock()
+	t.flush(out)
+	return dropNone
+}
+
+// checkToken runs the checks in order of cost; the MAC is last but one, so that nothing but a
+// genuine token of this attempt reaches the tracker.
+func (t *tracker) checkToken(st *authState, k *knock, tok *knockToken, m *macScratch) dropReason {
+	switch {
+	case st == nil || st.issued == 0:
+		return dropNoChallenge
+	case !bytes.Equal(st.keyID[:], tok.keyID):
+		return dropNoChallenge
+	case tok.pos >= 64:
+		return dropPosition
+	}
+	key := t.keys.Load().lookup(tok.keyID)
+	if key == nil {
+		return dropUnknownKey // revoked since the hello
+	}
+	if subtle.ConstantTimeCompare(knockMAC(m, &key.mac, tok.pos, k.port.port, st.nonceS[:], k.from), tok.mac) != 1 {
+		return dropBadMAC
+	}
+	fits := false
+	for d := range t.doors {
+		seq := t.doors[d].seq
+		fits = fits || int(tok.pos) < len(seq) && seq[tok.pos] == k.port
+	}
+	switch {
+	case !fits:
+		return dropPosition
+	case st.used&(1<<tok.pos) != 0:
+		return dropReplay
+	}
+	return dropNone
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key files
+
+const (
+	minKeyLen     = 16
+	minKeyEntropy = 56 // bits, estimated from the key's own byte frequencies
+	maxKeyFile    = 64 << 10
+	maxUsers      = 100000
+)
+
+// loadKeys reads --secret-file (one shared key) or --keys (a file of "NAME KEY" lines, or a
+// directory of key files named after their users).
+func loadKeys(src keySource) (*keyring, error) {
+	r := &keyring{byID: map[[keyIDLen]byte]*userKey{}}
+	add := func(name string, secret []byte) error {
+		if err := checkKeyStrength(secret); err != nil {
+			if name != "" {
+				return fmt.Errorf("user %s: %v", name, err)
+			}
+			return err
+		}
+		k := newUserKey(name, secret)
+		if other, dup := r.byID[k.id]; dup {
+			return fmt.Errorf("users %s and %s have the same key", other.name, name)
+		}
+		if len(r.byID) >= maxUsers {
+			return fmt.Errorf("more than %d keys", maxUsers)
+		}
+		r.byID[k.id] = k
+		return nil
+	}
+	if src.flag == "--secret-file" {
+		secret, err := readSecretFile(src.path)
+		if err != nil {
+			return nil, err
+		}
+		r.shared = true
+		return r, add("", secret)
+	}
+	f, info, err := openPrivate(src.path, true)
 	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if info.IsDir() {
+		entries, err := f.ReadDir(-1)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", src.path, err)
+		}
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), ".") {
+				continue
+			}
+			if err := checkUserName(e.Name()); err != nil {
+				return nil, fmt.Errorf("%s: %v", filepath.Join(src.path, e.Name()), err)
+			}
+			secret, err := readSecretFile(filepath.Join(src.path, e.Name()))
+			if err != nil {
+				return nil, err
+			}
+			if err := add(e.Name(), secret); err != nil {
+				return nil, fmt.Errorf("%s: %v", src.path, err)
+			}
+		}
+	} else {
+		text, err := io.ReadAll(io.LimitReader(f, 64<<20))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", src.path, err)
+		}
+		names := map[string]bool{}
+		for n, line := range strings.Split(string(text), "\n") {
+			line = strings.TrimSpace(line)
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			name, secret, _ := strings.Cut(line, " ")
+			secret = strings.TrimSpace(secret)
+			err := checkUserName(name)
+			switch {
+			case err != nil:
+			case secret == "":
+				err = errors.New("want NAME KEY")
+			case names[name]:
+				err = fmt.Errorf("user %s appears twice", name)
+			default:
+				err = add(name, []byte(secret))
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%s line %d: %v", src.path, n+1, err)
+			}
+			names[name] = true
+		}
+	}
+	if len(r.byID) == 0 {
+		return nil, fmt.Errorf("%s holds no key", src.path)
+	}
+	return r, nil
+}
+
+func checkUserName(name string) error {
+	if name == "" || len(name) > 64 {
+		return errors.New("a user name has 1 to 64 characters")
+	}
+	for _, r := range name {
+		if !(r == '_' || r == '-' || r == '.' || r == '@' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return fmt.Errorf("user name %q: use letters, digits, '_', '-', '.' and '@'", name)
+		}
+	}
+	return nil
+}
+
+// readSecretFile reads one key: the file's bytes without surrounding white space.
+func readSecretFile(path string) ([]byte, error) {
+	f, _, err := openPrivate(path, false)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	raw, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	if len(raw) > maxKeyFile {
+		return nil, fmt.Errorf("%s is larger than %d bytes: not a key", path, maxKeyFile)
+	}
+	secret := bytes.TrimSpace(raw)
+	if err := checkKeyStrength(secret); err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return secret, nil
+}
+
+// openPrivate opens a key file or directory once and checks the open file, not the name: it
+// must be a regular file (or, where dirOK, a directory), owned by this user, with no access
+// for group or others. It never blocks on a FIFO or device.
+func openPrivate(path string, dirOK bool) (*os.File, os.FileInfo, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %v", path, errors.Unwrap(err))
+	}
+	info, err := f.Stat()
+	if err == nil {
+		err = checkPrivate(path, info, dirOK)
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, info, nil
+}
+
+func checkPrivate(path string, info os.FileInfo, dirOK bool) error {
+	if !info.Mode().IsRegular() && !(dirOK && info.IsDir()) {
+		return fmt.Errorf("%s is %s: a key must be a regular file", path, fileKind(info.Mode()))
+	}
+	if st, ok := info.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s is owned by uid %d: it must belong to the server's user (uid %d)", path, st.Uid, os.Geteuid())
+	}
+	perm := info.Mode().Perm()
+	if info.IsDir() && perm&0o077 != 0 {
+		return fmt.Errorf("%s has mode %04o: group and others must have no access (chmod 700 %s)", path, perm, path)
+	}
+	if !info.IsDir() && perm&0o077 != 0 {
+		return fmt.Errorf("%s has mode %04o: group and others must have no access (chmod 600 %s)", path, perm, path)
+	}
+	return nil
+}
+
+// checkKeyStrength refuses short keys and keys whose bytes are too repetitive to be random
+// (16 equal bytes, "abababab..."): the estimate is the key's length times the Shannon entropy of
+// its own byte frequencies. A key from keygen has about 250 bits.
+func checkKeyStrength(key []byte) error {
+	if len(key) < minKeyLen {
+		return fmt.Errorf("the key has %d bytes: at least %d (make one with knockknock keygen)", len(key), minKeyLen)
+	}
+	if bitsOf := keyEntropy(key); bitsOf < minKeyEntropy {
+		return fmt.Errorf("the key has about %.0f bits of entropy: at least %d (make one with knockknock keygen)", bitsOf, minKeyEntropy)
+	}
+	return nil
+}
+
+func keyEntropy(key []byte) float64 {
+	var counts [256]int
+	for _, b := range key {
+		counts[b]++
+	}
+	h := 0.0
+	for _, c := range counts {
+		if c > 0 {
+			p := float64(c) / float64(len(key))
+			h -= p * math.Log2(p)
+		}
+	}
+	return h * float64(len(key))
+}
+
+// =============================================================================================
+// The intake
+//
+// Both sources, bound sockets and capture, turn what they read into the same knock value and
+// hand it to intake.accept: the one place that filters, authenticates and counts what it drops,
+// by reason, before the tracker sees anything.
+
+// knock is one datagram or segment on a watched port.
+type knock struct {
+	from    addrKey
+	to      netip.Addr // the address it was sent to; invalid when the platform cannot say
+	srcPort uint16
+	port    portSpec
+	flags   uint8 // TCP flags
+	ts      int64 // when the kernel received it (unix ns)
+}
+
+type dropReason uint8
+
+const (
+	dropNone            dropReason = iota
+	dropFiltered                   // not a watched port or listen address, a TCP segment no door counts, a fragment
+	dropUnauthenticated            // a plain knock where keys are required
+	dropMalformed                  // not a well-formed message
+	dropUnknownKey                 // a key id that is not (or no longer) in the keys
+	dropBadMAC                     // a MAC that does not match
+	dropSkew                       // a hello outside --max-skew
+	dropNoChallenge                // a knock from an address without a challenge for its key
+	dropPosition                   // a position that does not name this port in any door
+	dropReplay                     // a position this attempt has knocked already
+	dropBanned                     // from a banned source
+	nDropReasons
+)
+
+var dropNames = [nDropReasons]string{"", "filtered", "unauthenticated", "malformed", "unknown_key", "bad_mac", "clock_skew", "no_challenge", "wrong_position", "replay", "banned"}
+
+func (d dropReason) String() string { return dropNames[d] }
+
+type intake struct {
+	tracker   *tracker
+	roles     *portRoles
+	listen    []netip.Addr
+	tcpCounts [256]bool // whether any door counts a TCP segment with these flags
+	auth      bool
+	drops     [nDropReasons]atomic.Uint64
+}
+
+func newIntake(c *config, t *tracker) *intake {
+	in := &intake{tracker: t, roles: t.roles, listen: c.listen, auth: c.keys != nil}
+	for f := range in.tcpCounts {
+		for d := range t.doors {
+			in.tcpCounts[f] = in.tcpCounts[f] || t.doors[d].flags.match(uint8(f))
+		}
+		in.tcpCounts[f] = in.tcpCounts[f] || defaultTCPFlags.match(uint8(f)) // decoys
+	}
+	return in
+}
+
+// scratch is what one reader goroutine owns for the intake: nothing here is shared.
+type scratch struct {
+	out   *outbox
+	mac   *macScratch
+	reply [wireLen]byte
+}
+
+func newScratch(ndoors int) *scratch { return &scratch{out: newOutbox(ndoors), mac: newMACScratch()} }
+
+// accept handles one knock; payload is its UDP payload (nil for TCP). When it returns n > 0,
+// sc.reply[:n] is to be sent back to the knock's source, from the port it was sent to.
+func (in *intake) accept(k *knock, payload []byte, sc *scratch) int {
+	n, why := in.check(k, payload, sc)
+	if why != dropNone {
+		in.drops[why].Add(1)
+	}
+	return n
+}
+
+func (in *intake) check(k *knock, payload []byte, sc *scratch) (int, dropReason) {
+	if !in.roles.of(k.port).watched || k.port.proto == protoTCP && !in.tcpCounts[k.flags] {
+		return 0, dropFiltered
+	}
+	if len(in.listen) > 0 && k.to.IsValid() && indexOfAddr(in.listen, k.to.Unmap()) < 0 {
+		return 0, dropFiltered
+	}
+	if !in.auth {
+		return 0, in.tracker.knock(k, sc.out)
+	}
+	switch wireType(payload) {
+	case msgHello:
+		h, key, why := decodeHello(payload, sc.mac, in.tracker.keys.Load(), k.port.port)
+		if why == dropNone {
+			why = in.tracker.hello(netip.AddrPortFrom(k.from.addr(), k.srcPort), k.to, &h, key, k.ts, sc.reply[:], sc.mac)
+		}
+		if why != dropNone {
+			return 0, why
+		}
+		return wireLen, dropNone
+	case msgKnock:
+		tok, _ := decodeKnock(payload)
+		return 0, in.tracker.authKnock(k, &tok, sc.mac, sc.out)
+	case 0:
+		if len(payload) == 0 {
+			return 0, dropUnauthenticated
+		}
+	}
+	return 0, dropMalformed
+}
+
+// =============================================================================================
+// Platform details
+//
+// Socket options, control messages and system calls that differ between systems. Everything
+// else is portable; these are chosen at run time, so that the one file builds for Linux, macOS
+// and FreeBSD. Capture mode, kernel receive times, destination addresses are
+// Linux-only; elsewhere knocks are timed when read.
+
+const (
+	receiveBuffer   = 8 << 20
+	solSocket       = 0x1 // Linux SOL_SOCKET
+	soRcvbufForce   = 33  // Linux SO_RCVBUFFORCE: lets root raise the buffer past net.core.rmem_max
+	soTimestampNS   = 35  // Linux SO_TIMESTAMPNS
+	ipprotoIP       = 0
+	ipprotoIPv6     = 41
+	ipPktinfo       = 8  // Linux IP_PKTINFO
+	ipv6RecvPktinfo = 49 // Linux IPV6_RECVPKTINFO
+	ipv6Pktinfo     = 50 // Linux IPV6_PKTINFO
+	ipv6Checksum    = 7  // Linux IPV6_CHECKSUM
+	cmsgHeaderLen   = 16 // a cmsghdr on 64-bit Linux
+)
+
+// linux64 is true where the constants above, and 16-byte control message headers, hold.
+var linux64 = runtime.GOOS == "linux" && map[string]bool{
+	"amd64": true, "arm64": true, "riscv64": true, "ppc64le": true, "ppc64": true, "s390x": true, "loong64": true,
+}[runtime.GOARCH]
+
+// setSockopt sets an integer socket option through a syscall.RawConn.
+func setSockopt(rc syscall.RawConn, level, opt, value int) error {
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), level, opt, value) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+func getSockopt(rc syscall.RawConn, level, opt int) int {
+	v := 0
+	_ = rc.Control(func(fd uintptr) { v, _ = syscall.GetsockoptInt(int(fd), level, opt) })
+	return v
+}
+
+// tuneReceive gives a socket a large receive buffer, kernel receive times and destination
+// addresses (Linux); it reports the buffer the kernel granted (twice the size, on Linux).
+func tuneReceive(rc syscall.RawConn, family int) int {
+	if !linux64 {
 		return 0
 	}
-	size := 0
-	_ = raw.Control(func(fd uintptr) {
-		size, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF)
-	})
-	return size
+	if setSockopt(rc, solSocket, soRcvbufForce, receiveBuffer) != nil {
+		_ = setSockopt(rc, solSocket, syscall.SO_RCVBUF, receiveBuffer) // capped at net.core.rmem_max
+	}
+	_ = setSockopt(rc, solSocket, soTimestampNS, 1)
+	if family == syscall.AF_INET6 {
+		_ = setSockopt(rc, ipprotoIPv6, ipv6RecvPktinfo, 1)
+	}
+	_ = setSockopt(rc, ipprotoIP, ipPktinfo, 1) // IPv4, and IPv4 on a dual-stack socket
+	return getSockopt(rc, solSocket, syscall.SO_RCVBUF)
+}
+
+// controlData is what the kernel said about a datagram: when it arrived and where it was sent.
+type controlData struct {
+	ts int64
+	to netip.Addr
+}
+
+// parseControl reads the control messages of a received datagram (linux64 layout). Anything
+// it does not know, or that is cut short, is skipped.
+func parseControl(oob []byte) controlData {
+	var cd controlData
+	for linux64 && len(oob) >= cmsgHeaderLen {
+		size := binary.NativeEndian.Uint64(oob[0:8])
+		level := int32(binary.NativeEndian.Uint32(oob[8:12]))
+		typ := int32(binary.NativeEndian.Uint32(oob[12:16]))
+		if size < cmsgHeaderLen || size > uint64(len(oob)) {
+			break
+		}
+		data := oob[cmsgHeaderLen:size]
+		switch {
+		case level == solSocket && typ == soTimestampNS && len(data) >= 16:
+			sec := int64(binary.NativeEndian.Uint64(data[0:8]))
+			nsec := int64(binary.NativeEndian.Uint64(data[8:16]))
+			cd.ts = sec*int64(time.Second) + nsec
+		case level == ipprotoIP && typ == ipPktinfo && len(data) >= 12: // in_pktinfo: ifindex, spec_dst, addr
+			cd.to = netip.AddrFrom4([4]byte(data[8:12]))
+		case level == ipprotoIPv6 && typ == ipv6Pktinfo && len(data) >= 16: // in6_pktinfo: addr, ifindex
+			cd.to = netip.AddrFrom16([16]byte(data[0:16])).Unmap()
+		}
+		next := (size + 7) &^ 7
+		if next > uint64(len(oob)) {
+			break
+		}
+		oob = oob[next:]
+	}
+	if cd.ts == 0 {
+		cd.ts = time.Now().UnixNano()
+	}
+	return cd
+}
+
+// sourceControl is the control message that sends a reply from a given local address: the
+// address the client knocked (IPV6_PKTINFO takes IPv4-mapped addresses on a dual-stack
+// socket; IP_PKTINFO on an IPv4 one). Elsewhere it is nil and the kernel chooses.
+func sourceControl(from netip.Addr, family int) []byte {
+	if !linux64 || !from.IsValid() {
+		return nil
+	}
+	if family == syscall.AF_INET {
+		b := make([]byte, cmsgHeaderLen+16) // in_pktinfo (12 bytes) padded to 8
+		binary.NativeEndian.PutUint64(b[0:], cmsgHeaderLen+12)
+		binary.NativeEndian.PutUint32(b[8:], ipprotoIP)
+		binary.NativeEndian.PutUint32(b[12:], ipPktinfo)
+		a := from.Unmap().As4()
+		copy(b[cmsgHeaderLen+4:], a[:]) // ipi_spec_dst: the source address
+		return b
+	}
+	b := make([]byte, cmsgHeaderLen+24) // in6_pktinfo (20 bytes) padded to 8
+	binary.NativeEndian.PutUint64(b[0:], cmsgHeaderLen+20)
+	binary.NativeEndian.PutUint32(b[8:], ipprotoIPv6)
+	binary.NativeEndian.PutUint32(b[12:], ipv6Pktinfo)
+	a := from.As16()
+	copy(b[cmsgHeaderLen:], a[:])
+	return b
 }
 
 // syscallCause is the system call's own error ("connection refused") without the operation and
@@ -1210,7 +2763,96 @@ func bindError(proto string, port int, err error) error {
 	return fmt.Errorf("cannot listen on %s port %d: %s", proto, port, why)
 }
 
-func (l *knockListener) run(s *server) {
+// recvmsgBuf is a reusable recvmsg call for raw sockets: its buffers, and a function made once,
+// so that reading a packet allocates nothing.
+type recvmsgBuf struct {
+	msg   syscall.Msghdr
+	iov   syscall.Iovec
+	name  syscall.RawSockaddrAny
+	buf   [2048]byte
+	oob   [128]byte
+	n     int
+	oobn  int
+	errno syscall.Errno
+	read  func(fd uintptr) bool
+}
+
+func newRecvmsgBuf() *recvmsgBuf {
+	r := &recvmsgBuf{}
+	r.iov.Base = &r.buf[0]
+	r.iov.SetLen(len(r.buf))
+	r.msg.Iov = &r.iov
+	r.msg.Iovlen = 1
+	r.read = func(fd uintptr) bool {
+		r.msg.Name = (*byte)(unsafe.Pointer(&r.name))
+		r.msg.Namelen = uint32(unsafe.Sizeof(r.name))
+		r.msg.Control = &r.oob[0]
+		r.msg.SetControllen(len(r.oob))
+		n, _, errno := syscall.Syscall(syscall.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&r.msg)), 0)
+		if errno == syscall.EAGAIN || errno == syscall.EINTR {
+			return false
+		}
+		r.n, r.errno = int(n), errno
+		r.oobn = int(r.msg.Controllen)
+		return true
+	}
+	return r
+}
+
+// sourceAddr is the sender's address from the last recvmsg, for an IPv6 raw socket.
+func (r *recvmsgBuf) sourceAddr6() netip.Addr {
+	sa := (*syscall.RawSockaddrInet6)(unsafe.Pointer(&r.name))
+	return netip.AddrFrom16(sa.Addr).Unmap()
+}
+
+// =============================================================================================
+// Knock sources and replies
+//
+// Bound UDP sockets (the default) or raw sockets behind a BPF filter (--capture). Each reader
+// goroutine owns its socket's buffers and its intake scratch; the server's lock owns the set of
+// sources (close_knock_ports and open_knock_ports replace it) and the services.
+
+// source is one open way in: a bound UDP socket or a raw socket.
+type source interface {
+	run(s *server)
+	close()
+	// reply sends payload to a client from a knock port (from: the address it knocked).
+	reply(port uint16, to netip.AddrPort, from netip.Addr, payload []byte) (bool, error)
+}
+
+// udpSource reads one bound UDP knock or decoy port. Its buffers are its own, so the read
+// loop allocates nothing.
+type udpSource struct {
+	port uint16
+	conn *net.UDPConn
+	fam  int
+	buf  [256]byte // authenticated knocks are 64 bytes; longer datagrams are not knocks
+	oob  [128]byte
+	sc   *scratch
+}
+
+func (s *server) listenUDP(port uint16) (*udpSource, error) {
+	addr := &net.UDPAddr{Port: int(port)}
+	fam := syscall.AF_INET6
+	if len(s.cfg.listen) > 0 {
+		addr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(s.cfg.listen[0], port))
+		if s.cfg.listen[0].Is4() {
+			fam = syscall.AF_INET
+		}
+	}
+	conn, err := net.ListenUDP("udp", addr)
+	if err != nil {
+		return nil, bindError("UDP", int(port), err)
+	}
+	if rc, err := conn.SyscallConn(); err == nil {
+		if got := tuneReceive(rc, fam); got > 0 && got < receiveBuffer {
+			s.smallBuffers.Store(int64(got))
+		}
+	}
+	return &udpSource{port: port, conn: conn, fam: fam, sc: newScratch(len(s.cfg.doors))}, nil
+}
+
+func (l *udpSource) run(s *server) {
 	for {
 		n, oobn, _, from, err := l.conn.ReadMsgUDPAddrPort(l.buf[:], l.oob[:])
 		if err != nil {
@@ -1221,126 +2863,348 @@ func (l *knockListener) run(s *server) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		ts := receiveTime(l.oob[:oobn])
-		if s.auth != nil && !s.auth.verify(l.mac, l.buf[:n], l.port, ts) {
-			s.rejected.Add(1)
+		cd := parseControl(l.oob[:oobn])
+		k := knock{from: keyOf(from.Addr()), to: cd.to, srcPort: from.Port(), port: portSpec{l.port, protoUDP}, ts: cd.ts}
+		if r := s.intake.accept(&k, l.buf[:n], l.sc); r > 0 {
+			_, _, _ = l.conn.WriteMsgUDPAddrPort(l.sc.reply[:r], sourceControl(cd.to, l.fam), from)
+		}
+	}
+}
+
+func (l *udpSource) close() { l.conn.Close() }
+
+func (l *udpSource) reply(port uint16, to netip.AddrPort, from netip.Addr, payload []byte) (bool, error) {
+	if port != l.port {
+		return false, nil
+	}
+	_, _, err := l.conn.WriteMsgUDPAddrPort(payload, sourceControl(from, l.fam), to)
+	return true, err
+}
+
+// rawSource captures one protocol of one address family (--capture): a raw socket that sees
+// the host's packets of that protocol, behind a BPF filter that passes only watched ports, so
+// the kernel goes on answering those ports as closed (TCP reset, ICMP port unreachable).
+type rawSource struct {
+	conn  *net.IPConn
+	rc    syscall.RawConn
+	fam   int
+	proto proto
+	rb    *recvmsgBuf
+	sc    *scratch
+}
+
+// captureNetworks are the raw sockets capture mode may open.
+var captureNetworks = []struct {
+	network string
+	fam     int
+	proto   proto
+}{
+	{"ip4:udp", syscall.AF_INET, protoUDP}, {"ip4:tcp", syscall.AF_INET, protoTCP},
+	{"ip6:udp", syscall.AF_INET6, protoUDP}, {"ip6:tcp", syscall.AF_INET6, protoTCP},
+}
+
+func (s *server) listenRaw(network string, fam int, p proto, ports []uint16) (*rawSource, error) {
+	conn, err := net.ListenIP(network, nil)
+	if err != nil {
+		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
+			return nil, fmt.Errorf("capture mode cannot open a raw %s socket: permission denied: it needs root or CAP_NET_RAW", network)
+		}
+		return nil, fmt.Errorf("capture mode cannot open a raw %s socket: %v", network, syscallCause(err))
+	}
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	prog, err := bpf.Assemble(captureFilter(fam, p, ports, s.tracker))
+	if err == nil {
+		if fam == syscall.AF_INET {
+			err = ipv4.NewPacketConn(conn).SetBPF(prog)
+		} else {
+			err = ipv6.NewPacketConn(conn).SetBPF(prog)
+		}
+	}
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("capture mode cannot attach its filter to the raw %s socket: %v", network, err)
+	}
+	if fam == syscall.AF_INET6 && p == protoUDP {
+		_ = setSockopt(rc, ipprotoIPv6, ipv6Checksum, 6) // the kernel checks and fills UDP checksums
+	}
+	if got := tuneReceive(rc, fam); got > 0 && got < receiveBuffer {
+		s.smallBuffers.Store(int64(got))
+	}
+	r := &rawSource{conn: conn, rc: rc, fam: fam, proto: p, rb: newRecvmsgBuf(), sc: newScratch(len(s.cfg.doors))}
+	r.drain(s)
+	return r, nil
+}
+
+// drain discards what the socket queued between its creation and the filter: those packets
+// passed no filter. They are counted as filtered.
+func (r *rawSource) drain(s *server) {
+	_ = r.rc.Read(func(fd uintptr) bool {
+		for {
+			_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&r.rb.buf[0])), uintptr(len(r.rb.buf)), uintptr(syscall.MSG_DONTWAIT), 0, 0)
+			if errno != 0 {
+				return true
+			}
+			s.intake.drops[dropFiltered].Add(1)
+		}
+	})
+}
+
+// captureFilter is the BPF program of a raw socket: it passes first fragments (or whole
+// packets) to a watched port of its protocol and drops everything else, so that other traffic
+// never reaches the process. For IPv4 the program sees the IP header; for IPv6 the transport
+// header. Where every watched TCP port uses one flag rule, the filter applies it too.
+func captureFilter(fam int, p proto, ports []uint16, t *tracker) []bpf.Instruction {
+	const accept = 512 // bytes kept of a passed packet: headers and a 64-byte token
+	var prog []bpf.Instruction
+	if fam == syscall.AF_INET {
+		prog = append(prog,
+			bpf.LoadAbsolute{Off: 6, Size: 2}, // flags and fragment offset
+			bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: 0x1fff, SkipTrue: uint8(len(ports)*2 + 4)},
+			bpf.LoadMemShift{Off: 0}, // X = the IP header's length
+		)
+	} else {
+		prog = append(prog, bpf.LoadConstant{Dst: bpf.RegX, Val: 0})
+	}
+	if rule, ok := t.singleTCPRule(p); ok {
+		prog = append(prog,
+			bpf.LoadIndirect{Off: 13, Size: 1},
+			bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: uint32(rule.set | rule.clear)},
+			bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(rule.set), SkipTrue: uint8(len(ports)*2 + 1)},
+		)
+	} else {
+		prog = append(prog, bpf.LoadConstant{Dst: bpf.RegA, Val: 0}, bpf.LoadConstant{Dst: bpf.RegA, Val: 0}, bpf.LoadConstant{Dst: bpf.RegA, Val: 0})
+	}
+	prog = append(prog, bpf.LoadIndirect{Off: 2, Size: 2}) // the destination port
+	for _, port := range ports {
+		prog = append(prog,
+			bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(port), SkipTrue: 1},
+			bpf.RetConstant{Val: accept},
+		)
+	}
+	return append(prog, bpf.RetConstant{Val: 0})
+}
+
+// singleTCPRule reports the one flag rule every watched TCP port uses, if there is one.
+func (t *tracker) singleTCPRule(p proto) (tcpFlagRule, bool) {
+	if p != protoTCP {
+		return tcpFlagRule{}, false
+	}
+	rule, seen := defaultTCPFlags, false
+	for d := range t.doors {
+		for _, q := range t.doors[d].seq {
+			if q.proto != protoTCP {
+				continue
+			}
+			if seen && t.doors[d].flags != rule {
+				return tcpFlagRule{}, false
+			}
+			rule, seen = t.doors[d].flags, true
+		}
+	}
+	for pt := range t.roles[protoTCP] {
+		if r := t.roles[protoTCP][pt]; r.decoy && seen && rule != defaultTCPFlags {
+			return tcpFlagRule{}, false
+		}
+	}
+	return rule, true
+}
+
+func (r *rawSource) run(s *server) {
+	for {
+		if err := r.rc.Read(r.rb.read); err != nil {
+			return // closed
+		}
+		if r.rb.errno != 0 {
+			if r.rb.errno == syscall.EBADF {
+				return
+			}
+			s.log.Warn("capture read failed", "event", "error", "err", r.rb.errno.Error())
+			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		s.tracker.knock(knock{from: keyOf(from.Addr()), srcPort: from.Port(), port: l.port, ts: ts})
+		pkt := r.rb.buf[:min(r.rb.n, len(r.rb.buf))]
+		cd := parseControl(r.rb.oob[:r.rb.oobn])
+		var from netip.Addr
+		if r.fam == syscall.AF_INET {
+			if len(pkt) < 20 || pkt[0]>>4 != 4 || int(pkt[0]&0xf)*4 > len(pkt) {
+				continue
+			}
+			from, cd.to = netip.AddrFrom4([4]byte(pkt[12:16])), netip.AddrFrom4([4]byte(pkt[16:20]))
+			pkt = pkt[int(pkt[0]&0xf)*4:]
+		} else {
+			from = r.rb.sourceAddr6()
+		}
+		k, payload, ok := parseTransport(pkt, r.proto)
+		if !ok {
+			s.intake.drops[dropFiltered].Add(1)
+			continue
+		}
+		k.from, k.to, k.ts = keyOf(from), cd.to, cd.ts
+		if n := s.intake.accept(&k, payload, r.sc); n > 0 {
+			_, _ = r.reply(k.port.port, netip.AddrPortFrom(from, k.srcPort), cd.to, r.sc.reply[:n])
+		}
 	}
 }
 
-// receiveTime reads the kernel's receive time from the control data, or takes the time now.
-func receiveTime(oob []byte) int64 {
-	for len(oob) >= 16 {
-		size := binary.NativeEndian.Uint64(oob[0:8])
-		level := int32(binary.NativeEndian.Uint32(oob[8:12]))
-		typ := int32(binary.NativeEndian.Uint32(oob[12:16]))
-		if size < 16 || size > uint64(len(oob)) {
-			break
+// parseTransport reads the ports and flags of a TCP or UDP header, and a UDP datagram's payload.
+func parseTransport(b []byte, p proto) (knock, []byte, bool) {
+	if p == protoTCP {
+		if len(b) < 14 {
+			return knock{}, nil, false
 		}
-		if level == syscall.SOL_SOCKET && int(typ) == timestampOption && size >= 32 {
-			sec := int64(binary.NativeEndian.Uint64(oob[16:24]))
-			nsec := int64(binary.NativeEndian.Uint64(oob[24:32]))
-			return sec*int64(time.Second) + nsec
-		}
-		next := (size + 7) &^ 7
-		if next > uint64(len(oob)) {
-			break
-		}
-		oob = oob[next:]
+		return knock{srcPort: binary.BigEndian.Uint16(b[0:2]), port: portSpec{binary.BigEndian.Uint16(b[2:4]), protoTCP}, flags: b[13]}, nil, true
 	}
-	return time.Now().UnixNano()
+	if len(b) < 8 {
+		return knock{}, nil, false
+	}
+	end := min(int(binary.BigEndian.Uint16(b[4:6])), len(b))
+	if end < 8 {
+		return knock{}, nil, false
+	}
+	return knock{srcPort: binary.BigEndian.Uint16(b[0:2]), port: portSpec{binary.BigEndian.Uint16(b[2:4]), protoUDP}}, b[8:end], true
 }
 
-// server ties the pieces together: listeners feed the tracker, the tracker feeds the hook runtime,
-// and the hook runtime drives the listeners and the built-in services through the knock module.
+func (r *rawSource) close() { r.conn.Close() }
+
+// reply sends a UDP datagram from a knock port that nothing is bound to: the raw socket
+// writes the UDP header itself (IPv4: no checksum, which UDP over IPv4 allows; IPv6: the
+// kernel fills it in). Nobody else ever gets an answer, so the port still looks closed.
+func (r *rawSource) reply(port uint16, to netip.AddrPort, from netip.Addr, payload []byte) (bool, error) {
+	if r.proto != protoUDP || (r.fam == syscall.AF_INET) != to.Addr().Is4() {
+		return false, nil
+	}
+	b := make([]byte, 8+len(payload))
+	binary.BigEndian.PutUint16(b[0:], port)
+	binary.BigEndian.PutUint16(b[2:], to.Port())
+	binary.BigEndian.PutUint16(b[4:], uint16(len(b)))
+	copy(b[8:], payload)
+	_, _, err := r.conn.WriteMsgIP(b, sourceControl(from, r.fam), &net.IPAddr{IP: to.Addr().AsSlice()})
+	return true, err
+}
+
+// server ties the pieces together: sources feed the intake, the intake the tracker, the
+// tracker the hook runtime, and the hook runtime drives the sources and the built-in services
+// through the knock module.
 type server struct {
-	cfg      *config
-	log      *slog.Logger
-	tracker  *tracker
-	auth     *authenticator
-	hooks    *hookRuntime
-	allow    allowList
-	rejected atomic.Uint64 // datagrams that were not valid authenticated knocks
+	cfg          *config
+	log          *slog.Logger
+	tracker      *tracker
+	intake       *intake
+	hooks        *hookRuntime
+	allow        allowList
+	smallBuffers atomic.Int64 // a receive buffer smaller than asked for, to warn about once
 
-	mu        sync.Mutex
-	listeners []*knockListener
-	readers   sync.WaitGroup
-	services  map[int]*service
+	mu       sync.Mutex
+	sources  []source
+	readers  sync.WaitGroup
+	services map[int]*service
 }
 
 func newServer(cfg *config, log *slog.Logger, proto *lua.FunctionProto) *server {
 	s := &server{cfg: cfg, log: log, services: map[int]*service{}, allow: allowList{until: map[addrKey]int64{}}}
-	if cfg.secret != nil {
-		s.auth = newAuthenticator(cfg)
-	}
 	s.hooks = newHookRuntime(s, proto, false)
-	s.tracker = newTracker(cfg, s.hooks.enqueue)
+	s.tracker = newTracker(cfg, s.hooks.queue.push)
+	s.intake = newIntake(cfg, s.tracker)
 	return s
 }
 
-// knockPorts lists each port to listen on once: the sequence, then the decoys.
-func (c *config) knockPorts() []uint16 {
-	var ports []uint16
-	for _, p := range append(append([]uint16{}, c.ports...), c.decoys...) {
-		if !containsPort(ports, p) {
-			ports = append(ports, p)
-		}
-	}
-	return ports
-}
-
-// openKnockPorts binds every knock and decoy port and starts one reader goroutine per port.
-// It binds all of them or none.
+// openKnockPorts opens every source and starts one reader goroutine each: all or none.
 func (s *server) openKnockPorts() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.listeners) > 0 {
+	if len(s.sources) > 0 {
 		return nil
 	}
-	var opened []*knockListener
-	for _, p := range s.cfg.knockPorts() {
-		l, err := s.listen(p)
-		if err != nil {
-			for _, o := range opened {
-				o.conn.Close()
+	var opened []source
+	fail := func(err error) error {
+		for _, o := range opened {
+			o.close()
+		}
+		return err
+	}
+	if s.cfg.capture {
+		byNet := map[string][]uint16{}
+		for _, p := range s.cfg.watchedPorts() {
+			for _, n := range captureNetworks {
+				if n.proto == p.proto && s.wantsFamily(n.fam) {
+					byNet[n.network] = append(byNet[n.network], p.port)
+				}
 			}
-			return err
 		}
-		opened = append(opened, l)
-	}
-	s.listeners = opened
-	if runtime.GOOS == "linux" { // elsewhere SO_RCVBUF does not report the same thing
-		if n := receiveBufferSize(opened[0].conn); n > 0 && n < receiveBuffer {
-			s.log.Warn("small UDP receive buffers: a burst of knocks may be dropped; raise net.core.rmem_max (sysctl -w net.core.rmem_max=8388608) or run as root",
-				"event", "start", "receive_buffer", n)
+		for _, n := range captureNetworks {
+			if ports := byNet[n.network]; len(ports) > 0 {
+				r, err := s.listenRaw(n.network, n.fam, n.proto, ports)
+				if err != nil {
+					return fail(err)
+				}
+				opened = append(opened, r)
+			}
+		}
+	} else {
+		for _, p := range s.cfg.watchedPorts() {
+			l, err := s.listenUDP(p.port)
+			if err != nil {
+				return fail(err)
+			}
+			opened = append(opened, l)
 		}
 	}
-	for _, l := range opened {
+	s.sources = opened
+	for _, src := range opened {
 		s.readers.Add(1)
 		go func() {
 			defer s.readers.Done()
-			l.run(s)
+			src.run(s)
 		}()
 	}
 	return nil
 }
 
+// wantsFamily reports whether a --listen address (if any) is of the family.
+func (s *server) wantsFamily(fam int) bool {
+	if len(s.cfg.listen) == 0 {
+		return true
+	}
+	for _, a := range s.cfg.listen {
+		if a.Is4() == (fam == syscall.AF_INET) {
+			return true
+		}
+	}
+	return false
+}
+
 func (s *server) closeKnockPorts() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, l := range s.listeners {
-		l.conn.Close()
+	for _, src := range s.sources {
+		src.close()
 	}
-	s.listeners = nil
+	s.sources = nil
+}
+
+// reply sends a datagram from a knock port: the bound socket, or a raw socket in capture mode.
+func (s *server) reply(port uint16, to netip.AddrPort, from netip.Addr, payload []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, src := range s.sources {
+		if sent, err := src.reply(port, to, from, payload); sent {
+			return err
+		}
+	}
+	return fmt.Errorf("knock port %d is closed", port)
 }
 
 // janitor runs the periodic work that must not wait for the next knock.
 func (s *server) janitor(stop <-chan struct{}) {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	var reportedDrops, reportedEvictions uint64
+	var reportedShed, reportedEvictions uint64
+	var reportedDrops [nDropReasons]uint64
+	lastDropLog := time.Time{}
 	for {
 		select {
 		case <-stop:
@@ -1348,45 +3212,245 @@ func (s *server) janitor(stop <-chan struct{}) {
 		case now := <-tick.C:
 			s.tracker.sweep(now.UnixNano())
 			s.allow.sweep(now.UnixNano())
-			if d := s.hooks.dropped.Load(); d != reportedDrops {
-				s.log.Warn("hook queue full: events dropped", "event", "overload", "dropped", d-reportedDrops, "total", d)
-				reportedDrops = d
+			if d := s.hooks.queue.shedTotal(); d != reportedShed {
+				s.log.Warn("hook queue full: events shed, fairly across source prefixes", append([]any{"event", "overload", "shed", d - reportedShed, "total", d}, s.hooks.queue.shedCounts()...)...)
+				reportedShed = d
 			}
 			if e := s.tracker.evicted.Load(); e != reportedEvictions {
 				s.log.Warn("client table full: attempts in progress dropped", "event", "overload", "evicted", e-reportedEvictions, "max_clients", s.cfg.maxClients)
 				reportedEvictions = e
 			}
+			if s.cfg.verbose && now.Sub(lastDropLog) >= time.Second {
+				var attrs []any
+				for r := dropReason(1); r < nDropReasons; r++ {
+					if n := s.intake.drops[r].Load(); n != reportedDrops[r] {
+						attrs = append(attrs, r.String(), n-reportedDrops[r])
+						reportedDrops[r] = n
+					}
+				}
+				if attrs != nil {
+					s.log.Info("datagrams dropped", append([]any{"event", "drop"}, attrs...)...)
+					lastDropLog = now
+				}
+			}
 		}
 	}
 }
 
-// ---------------------------------------------------------------------------------------------
+// =============================================================================================
 // The hook runtime and the knock module
 //
-// One goroutine owns the Lua state and handles events one at a time, in the order they were
-// queued, so a hook never sees two calls at once and its globals persist between calls. The
-// knock path only queues events, and never waits: when the queue is full the event is counted
-// as dropped.
+// One goroutine owns the Lua state and handles events one at a time. Events wait in a fair
+// queue: one FIFO per source prefix (IPv4 /24, IPv6 /48), served in turn, so a flood from some
+// prefixes cannot hold back a client from another, and the events of one client keep their
+// order. The knock path only queues and never waits. When the queue is full, knock and fail
+// events are refused first (they may use half of it), then the newest event of the longest
+// prefix queue makes room: shedding is fair, counted and logged, and an unlock is never refused
+// for a knock or fail event. The runtime takes events in batches; after each batch it calls the
+// hook's optional on_flush (where a firewall hook applies the batch's grants in one command) and
+// then sends the confirmations of the batch's authenticated unlocks.
 
 const (
 	hookQueueLen   = 1 << 16
+	batchMax       = 512
+	prefixQuantum  = 16 // events a prefix may hand over per turn
 	maxExecOutput  = 1 << 20
 	shutdownGrace  = 2 * time.Second
 	defaultAllow   = 30 // seconds, for knock.allow(ip) without a duration
 	defaultService = 8080
 )
 
-type hookFuncs struct{ unlock, knock, fail, start, stop *lua.LFunction }
+// prefixKey is a source's fairness group: its /24 (IPv4) or /48 (IPv6).
+type prefixKey [6]byte
 
-// luaHook is one loaded hook file: its state and the functions it defines.
+func prefixOf(k addrKey) prefixKey {
+	if k.is4() {
+		return prefixKey{0xff, 0xff, 0xff, k[12], k[13], k[14]}
+	}
+	return prefixKey(k[:6])
+}
+
+type prefixQueue struct {
+	key    prefixKey
+	events []event // waiting: events[head:]
+	head   int
+}
+
+func (p *prefixQueue) len() int { return len(p.events) - p.head }
+
+// eventQueue is the fair queue between the tracker and the hook runtime. Its lock owns it.
+type eventQueue struct {
+	mu      sync.Mutex
+	wake    chan struct{} // one token: there is something to take
+	queues  map[prefixKey]*prefixQueue
+	ring    []*prefixQueue // the prefixes with events, in turn order
+	total   int
+	low     int // knock and fail events queued
+	limit   int
+	largest *prefixQueue // a guess at the longest queue, the first to shed from
+	pool    []*prefixQueue
+	shed    [3]atomic.Uint64 // by event kind
+}
+
+func newEventQueue(limit int) *eventQueue {
+	return &eventQueue{wake: make(chan struct{}, 1), queues: map[prefixKey]*prefixQueue{}, limit: limit}
+}
+
+// push queues events without ever blocking (the tracker's emit function).
+func (q *eventQueue) push(events []event) {
+	q.mu.Lock()
+	for i := range events {
+		q.push1(&events[i])
+	}
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *eventQueue) push1(e *event) {
+	low := e.kind != eventUnlock
+	if low && q.low >= q.limit/2 {
+		q.shed[e.kind].Add(1)
+		return
+	}
+	pq := q.queues[prefixOf(e.from)]
+	if q.total >= q.limit && (low || !q.makeRoom(pq)) {
+		q.shed[e.kind].Add(1)
+		return
+	}
+	if pq == nil {
+		pq = q.newPrefixQueue(prefixOf(e.from))
+	}
+	pq.events = append(pq.events, *e)
+	q.total++
+	if low {
+		q.low++
+	}
+	if q.largest == nil || pq.len() > q.largest.len() {
+		q.largest = pq
+	}
+}
+
+// makeRoom sheds the newest event of the longest queue, if it is longer than the queue of the
+// event that wants in.
+func (q *eventQueue) makeRoom(want *prefixQueue) bool {
+	victim := q.largest
+	if victim == nil || victim.len() == 0 {
+		for _, pq := range q.ring {
+			if pq.len() > 0 {
+				victim = pq
+				break
+			}
+		}
+	}
+	wantLen := 0
+	if want != nil {
+		wantLen = want.len()
+	}
+	if victim == nil || victim.len() <= wantLen {
+		return false
+	}
+	last := len(victim.events) - 1
+	kind := victim.events[last].kind
+	victim.events = victim.events[:last]
+	q.total--
+	if kind != eventUnlock {
+		q.low--
+	}
+	q.shed[kind].Add(1)
+	return true
+}
+
+func (q *eventQueue) newPrefixQueue(k prefixKey) *prefixQueue {
+	var pq *prefixQueue
+	if n := len(q.pool); n > 0 {
+		pq, q.pool = q.pool[n-1], q.pool[:n-1]
+	} else {
+		pq = &prefixQueue{}
+	}
+	pq.key = k
+	q.queues[k] = pq
+	q.ring = append(q.ring, pq)
+	return pq
+}
+
+// pop appends up to max events to dst, prefixQuantum at a time from each prefix in turn.
+func (q *eventQueue) pop(dst []event, max int) []event {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(dst) < max && len(q.ring) > 0 {
+		pq := q.ring[0]
+		q.ring = q.ring[1:]
+		n := min(pq.len(), prefixQuantum, max-len(dst))
+		for _, e := range pq.events[pq.head : pq.head+n] {
+			if e.kind != eventUnlock {
+				q.low--
+			}
+		}
+		dst = append(dst, pq.events[pq.head:pq.head+n]...)
+		pq.head += n
+		q.total -= n
+		if pq.len() > 0 {
+			q.ring = append(q.ring, pq)
+			continue
+		}
+		delete(q.queues, pq.key)
+		if q.largest == pq {
+			q.largest = nil
+		}
+		pq.head = 0
+		if cap(pq.events) <= 1024 {
+			pq.events = pq.events[:0]
+			q.pool = append(q.pool, pq)
+		}
+	}
+	if len(q.ring) == 0 {
+		q.ring = q.ring[:0:0] // let the backing array go
+	}
+	return dst
+}
+
+func (q *eventQueue) length() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.total
+}
+
+func (q *eventQueue) shedTotal() uint64 {
+	return q.shed[eventKnock].Load() + q.shed[eventUnlock].Load() + q.shed[eventFail].Load()
+}
+
+func (q *eventQueue) shedCounts() []any {
+	return []any{"unlocks", q.shed[eventUnlock].Load(), "knocks", q.shed[eventKnock].Load(), "fails", q.shed[eventFail].Load()}
+}
+
+// hookKind indexes a door's handlers.
+type hookKind uint8
+
+const (
+	hookUnlock hookKind = iota
+	hookKnock
+	hookFail
+	nHookKinds
+)
+
+var hookNames = [nHookKinds]string{"on_unlock", "on_knock", "on_fail"}
+
+var hookOfEvent = [...]hookKind{eventKnock: hookKnock, eventUnlock: hookUnlock, eventFail: hookFail}
+
+// luaHook is one loaded hook file: its state, each door's handlers and the other functions.
 type luaHook struct {
-	L   *lua.LState
-	fns hookFuncs
+	L                  *lua.LState
+	doors              [][nHookKinds]*lua.LFunction
+	start, stop, flush *lua.LFunction
+	timer              *callTimer
 }
 
 type afterCall struct {
-	L  *lua.LState // the state fn belongs to: a reload does not orphan a pending callback
-	fn *lua.LFunction
+	hook *luaHook // the hook fn belongs to: a reload does not orphan a pending callback
+	fn   *lua.LFunction
 }
 
 type hookRuntime struct {
@@ -1395,31 +3459,66 @@ type hookRuntime struct {
 	proto      *lua.FunctionProto
 	dry        bool // check: load the hook without side effects
 	hook       *luaHook
-	seqLua     []lua.LValue
-	events     chan event
+	queue      *eventQueue
 	afters     chan afterCall
 	reloads    chan chan error
 	quit       chan struct{}
 	done       chan struct{}
-	dropped    atomic.Uint64
 	failLog    rateLimit // a flood of wrong knocks must not flood the log
 	unlocks    atomic.Uint64
 	lastUnlock atomic.Int64     // when on_unlock last started (unix ns)
 	latency    latencyHistogram // from the final knock's receive time to on_unlock's start
+	batch      []event
+	confirms   []pendingConfirm
+	mac        *macScratch
+	values     luaValues
+}
+
+// pendingConfirm is an authenticated unlock of the current batch, waiting for on_flush.
+type pendingConfirm struct {
+	e      *event
+	status byte
+}
+
+// luaValues are the Lua values every event shares, made once: converting a Go value to a
+// lua.LValue allocates.
+type luaValues struct {
+	doors   []lua.LValue
+	seqs    [][]lua.LValue
+	protos  [2]lua.LValue
+	reasons [len(reasonNames)]lua.LValue
+	ports   map[uint16]lua.LValue
 }
 
 func newHookRuntime(s *server, proto *lua.FunctionProto, dry bool) *hookRuntime {
 	h := &hookRuntime{
 		srv: s, log: s.log, proto: proto, dry: dry,
-		events:  make(chan event, hookQueueLen),
+		queue:   newEventQueue(hookQueueLen),
 		afters:  make(chan afterCall, 1024),
 		reloads: make(chan chan error),
 		quit:    make(chan struct{}),
 		done:    make(chan struct{}),
 		failLog: rateLimit{log: s.log},
+		batch:   make([]event, 0, batchMax),
+		mac:     newMACScratch(),
 	}
-	for _, p := range s.cfg.ports {
-		h.seqLua = append(h.seqLua, lua.LNumber(p))
+	v := &h.values
+	v.ports = map[uint16]lua.LValue{}
+	for _, d := range s.cfg.doors {
+		v.doors = append(v.doors, lua.LString(d.name))
+		var seq []lua.LValue
+		for _, p := range d.seq {
+			seq = append(seq, lua.LNumber(p.port))
+			v.ports[p.port] = lua.LNumber(p.port)
+		}
+		v.seqs = append(v.seqs, seq)
+	}
+	for _, p := range s.cfg.decoys {
+		v.ports[p.port] = lua.LNumber(p.port)
+	}
+	v.protos = [2]lua.LValue{lua.LString("udp"), lua.LString("tcp")}
+	for i, r := range reasonNames {
+		v.reasons[i] = lua.LString(r)
 	}
 	return h
 }
@@ -1437,49 +3536,162 @@ func compileHook(name string, src []byte) (*lua.FunctionProto, error) {
 	return proto, nil
 }
 
-// load makes a fresh Lua state, runs the hook's top level in it and finds its functions.
+// load makes a fresh Lua state, runs the hook's top level in it and finds its functions: each
+// of on_unlock, on_knock and on_fail is a function for every door, or a table of functions by
+// door name (with "*" for the doors it does not name). Every door needs an on_unlock.
 func (h *hookRuntime) load(proto *lua.FunctionProto) (*luaHook, error) {
 	L := lua.NewState(lua.Options{RegistryMaxSize: 1 << 22})
-	h.installModule(L)
-	err := h.protect(L, h.srv.cfg.hookTimeout, func() error {
+	hook := &luaHook{L: L, timer: newCallTimer()}
+	h.installModule(hook)
+	err := h.protect(hook, func() error {
 		L.Push(L.NewFunctionFromProto(proto))
 		return L.PCall(0, 0, nil)
 	})
+	if err == nil {
+		err = h.resolve(hook)
+	}
 	if err != nil {
 		L.Close()
 		return nil, usagef("hook %s: %s", h.srv.cfg.hookName, err)
 	}
-	hook := &luaHook{L: L}
+	return hook, nil
+}
+
+func (h *hookRuntime) resolve(hook *luaHook) error {
+	L, doors := hook.L, h.srv.cfg.doors
+	hook.doors = make([][nHookKinds]*lua.LFunction, len(doors))
+	for kind, name := range hookNames {
+		switch v := L.GetGlobal(name).(type) {
+		case *lua.LNilType:
+		case *lua.LFunction:
+			for d := range doors {
+				hook.doors[d][kind] = v
+			}
+		case *lua.LTable:
+			var err error
+			v.ForEach(func(k, fn lua.LValue) {
+				f, isFn := fn.(*lua.LFunction)
+				d := doorIndex(doors, k.String())
+				switch {
+				case err != nil:
+				case k.Type() != lua.LTString || d < 0 && k.String() != "*":
+					err = fmt.Errorf("%s[%s]: no door has that name (doors: %s)", name, k.String(), doorNames(doors))
+				case !isFn:
+					err = fmt.Errorf("%s.%s is a %s, not a function", name, k.String(), fn.Type())
+				}
+				if err == nil && isFn && d >= 0 {
+					hook.doors[d][kind] = f
+				}
+			})
+			if err != nil {
+				return err
+			}
+			if all, ok := v.RawGetString("*").(*lua.LFunction); ok {
+				for d := range doors {
+					if hook.doors[d][kind] == nil {
+						hook.doors[d][kind] = all
+					}
+				}
+			}
+		default:
+			return fmt.Errorf("%s is a %s: make it a function, or a table of functions by door name", name, v.Type())
+		}
+	}
 	for _, f := range []struct {
 		name string
 		dst  **lua.LFunction
-	}{
-		{"on_unlock", &hook.fns.unlock}, {"on_knock", &hook.fns.knock}, {"on_fail", &hook.fns.fail},
-		{"on_start", &hook.fns.start}, {"on_stop", &hook.fns.stop},
-	} {
+	}{{"on_start", &hook.start}, {"on_stop", &hook.stop}, {"on_flush", &hook.flush}} {
 		switch v := L.GetGlobal(f.name).(type) {
 		case *lua.LFunction:
 			*f.dst = v
 		case *lua.LNilType:
 		default:
-			L.Close()
-			return nil, usagef("hook %s: %s is a %s, not a function", h.srv.cfg.hookName, f.name, v.Type())
+			return fmt.Errorf("%s is a %s, not a function", f.name, v.Type())
 		}
 	}
-	if hook.fns.unlock == nil {
-		L.Close()
-		return nil, usagef("hook %s defines no on_unlock function", h.srv.cfg.hookName)
+	for d, door := range doors {
+		if hook.doors[d][hookUnlock] == nil {
+			if len(doors) == 1 {
+				return errors.New("defines no on_unlock function")
+			}
+			return fmt.Errorf("defines no on_unlock for door %s (give on_unlock a function, or a table with an entry for %s or \"*\")", door.name, door.name)
+		}
 	}
-	return hook, nil
+	return nil
+}
+
+func doorIndex(doors []door, name string) int {
+	for i, d := range doors {
+		if d.name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func doorNames(doors []door) string {
+	names := make([]string, len(doors))
+	for i, d := range doors {
+		names[i] = d.name
+	}
+	return strings.Join(names, ", ")
+}
+
+// callTimer cancels a hook call, and what it runs, at the hook timeout. It keeps one context
+// until a call times out, and one timer, so a call allocates nothing for it.
+type callTimer struct {
+	mu       sync.Mutex
+	ctx      context.Context
+	cancel   context.CancelFunc
+	deadline time.Time
+	timer    *time.Timer
+}
+
+func newCallTimer() *callTimer {
+	t := &callTimer{}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	t.timer = time.AfterFunc(time.Hour, t.expire)
+	t.timer.Stop()
+	return t
+}
+
+func (t *callTimer) begin(timeout time.Duration) context.Context {
+	t.mu.Lock()
+	if t.ctx.Err() != nil {
+		t.ctx, t.cancel = context.WithCancel(context.Background())
+	}
+	t.deadline = time.Now().Add(timeout)
+	ctx := t.ctx
+	t.mu.Unlock()
+	t.timer.Reset(timeout)
+	return ctx
+}
+
+func (t *callTimer) end() {
+	t.timer.Stop()
+	t.mu.Lock()
+	t.deadline = time.Time{}
+	t.mu.Unlock()
+}
+
+func (t *callTimer) expire() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.deadline.IsZero() && !time.Now().Before(t.deadline) {
+		t.cancel()
+	}
 }
 
 // protect runs fn under the hook timeout and turns a Lua error, a cancellation or a panic in the
 // Lua runtime into one line of text.
-func (h *hookRuntime) protect(L *lua.LState, timeout time.Duration, fn func() error) (err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	L.SetContext(ctx)
-	defer L.RemoveContext()
+func (h *hookRuntime) protect(hook *luaHook, fn func() error) (err error) {
+	timeout := h.srv.cfg.hookTimeout
+	ctx := hook.timer.begin(timeout)
+	hook.L.SetContext(ctx)
+	defer func() {
+		hook.L.RemoveContext()
+		hook.timer.end()
+	}()
 	defer func() {
 		if p := recover(); p != nil {
 			err = &runtimePanic{fmt.Sprintf("panic in the Lua runtime: %v", p)}
@@ -1508,38 +3720,88 @@ func firstLine(s string) string {
 	return oneLine(s)
 }
 
-// enqueue is the tracker's emit function: it never blocks. Knock and fail events only use half
-// of the queue, so that a flood of them cannot crowd out unlocks.
-func (h *hookRuntime) enqueue(e event) {
-	if e.kind != eventUnlock && len(h.events) >= hookQueueLen/2 {
-		h.dropped.Add(1)
-		return
-	}
-	select {
-	case h.events <- e:
-	default:
-		h.dropped.Add(1)
-	}
+// start calls on_start. At startup an error stops the server: a firewall hook that could not
+// close the door must not leave a server pretending to guard it.
+func (h *hookRuntime) start(hook *luaHook, reason string) error {
+	return h.call("on_start", hook, hook.start, lua.LString(reason))
 }
 
-// run handles events until stop is called.
+// run handles events until stop is called. The hook's on_start has run already.
 func (h *hookRuntime) run(hook *luaHook) {
 	defer close(h.done)
 	h.hook = hook
-	h.call("on_start", hook.L, hook.fns.start, lua.LString("start"))
 	for {
-		select {
-		case e := <-h.events:
-			h.dispatch(&e)
-		case a := <-h.afters:
-			h.call("knock.after callback", a.L, a.fn)
-		case reply := <-h.reloads:
-			reply <- h.reload()
-		case <-h.quit:
-			h.drain()
-			h.call("on_stop", h.hook.L, h.hook.fns.stop, lua.LString("shutdown"))
+		h.batch = h.queue.pop(h.batch[:0], batchMax)
+		if len(h.batch) > 0 {
+			h.handleBatch()
+		}
+		if h.wait(len(h.batch) == 0) {
 			return
 		}
+	}
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// wait handles one timer callback, reload or stop: with block, it waits for one (or for more
+// events); without, it only takes what is there already. It reports whether to stop.
+func (h *hookRuntime) wait(block bool) bool {
+	wake := h.queue.wake
+	if !block {
+		wake = closedChan
+	}
+	select {
+	case <-h.quit:
+		h.drain()
+		h.call("on_stop", h.hook, h.hook.stop, lua.LString("shutdown"))
+		return true
+	case a := <-h.afters:
+		h.call("knock.after callback", a.hook, a.fn)
+	case reply := <-h.reloads:
+		reply <- h.reload()
+	case <-wake:
+	}
+	return false
+}
+
+// handleBatch dispatches the batch's events, calls on_flush, then confirms the authenticated
+// unlocks: a confirmation says the door is open only once the hook has opened it.
+func (h *hookRuntime) handleBatch() {
+	h.confirms = h.confirms[:0]
+	for i := range h.batch {
+		e := &h.batch[i]
+		ok := h.dispatch(e)
+		if e.kind == eventUnlock && e.conf.valid {
+			status := byte(confirmUnlocked)
+			if !ok {
+				status = confirmHookFailed
+			}
+			h.confirms = append(h.confirms, pendingConfirm{e, status})
+		}
+	}
+	if h.hook.flush != nil {
+		if err := h.call("on_flush", h.hook, h.hook.flush); err != nil {
+			for i := range h.confirms {
+				h.confirms[i].status = confirmHookFailed
+			}
+		}
+	}
+	for _, c := range h.confirms {
+		h.confirm(c.e, c.status)
+	}
+}
+
+// confirm sends an authenticated unlock's confirmation from the final knock's port.
+func (h *hookRuntime) confirm(e *event, status byte) {
+	key := h.srv.tracker.keys.Load().lookup(e.conf.keyID[:])
+	if key == nil || h.dry {
+		return
+	}
+	var b [wireLen]byte
+	encodeConfirm(b[:], h.mac, &key.mac, e.conf.nonceS[:], status, h.srv.cfg.doors[e.door].name)
+	to := netip.AddrPortFrom(e.from.addr(), e.srcPort)
+	if err := h.srv.reply(e.port.port, to, e.conf.local.addr(), b[:]); err != nil {
+		h.log.Warn("confirmation not sent", "event", "confirm", "ip", to.Addr().String(), "door", h.srv.cfg.doors[e.door].name, "err", err.Error())
 	}
 }
 
@@ -1547,14 +3809,13 @@ func (h *hookRuntime) run(hook *luaHook) {
 func (h *hookRuntime) drain() {
 	deadline := time.Now().Add(shutdownGrace)
 	for time.Now().Before(deadline) {
-		select {
-		case e := <-h.events:
-			h.dispatch(&e)
-		default:
+		h.batch = h.queue.pop(h.batch[:0], batchMax)
+		if len(h.batch) == 0 {
 			return
 		}
+		h.handleBatch()
 	}
-	if n := len(h.events); n > 0 {
+	if n := h.queue.length(); n > 0 {
 		h.log.Warn("shutdown: queued hook events not handled", "event", "shutdown", "count", n)
 	}
 }
@@ -1564,71 +3825,124 @@ func (h *hookRuntime) stop() {
 	<-h.done
 }
 
-func (h *hookRuntime) dispatch(e *event) {
-	ip := e.from.addr().String()
+// dispatch logs an event and calls its door's handler; it reports whether the call succeeded.
+func (h *hookRuntime) dispatch(e *event) bool {
+	d := h.srv.cfg.doors[e.door]
 	switch e.kind {
 	case eventUnlock:
+		if d.oneTime != "" {
+			h.nextSequence(int(e.door))
+		}
 		now := time.Now().UnixNano()
 		h.unlocks.Add(1)
 		h.lastUnlock.Store(now)
 		h.latency.record(now - e.ts)
-		h.log.Info("unlock", "event", "unlock", "ip", ip, "port", e.port, "source_port", e.srcPort, "elapsed", time.Duration(e.elapsed).Round(time.Microsecond).String())
-		h.callEvent("on_unlock", h.hook.fns.unlock, e, ip)
+		attrs := []slog.Attr{slog.String("event", "unlock"), slog.String("door", d.name), slog.String("ip", e.from.addr().String()),
+			slog.Int("port", int(e.port.port)), slog.String("proto", e.port.proto.String()), slog.Int("source_port", int(e.srcPort)),
+			slog.String("elapsed", time.Duration(e.elapsed).Round(time.Microsecond).String())}
+		if user := h.userOf(e); user != "" {
+			attrs = append(attrs, slog.String("user", user))
+		}
+		h.log.LogAttrs(context.Background(), slog.LevelInfo, "unlock", attrs...)
 	case eventFail:
 		if h.failLog.allow(time.Now()) {
-			h.log.Info("knock failed", "event", "fail", "ip", ip, "port", e.port, "reason", e.reason.String())
+			h.log.LogAttrs(context.Background(), slog.LevelInfo, "knock failed", slog.String("event", "fail"), slog.String("door", d.name),
+				slog.String("ip", e.from.addr().String()), slog.Int("port", int(e.port.port)), slog.String("proto", e.port.proto.String()),
+				slog.String("reason", e.reason.String()))
 		}
-		h.callEvent("on_fail", h.hook.fns.fail, e, ip)
 	case eventKnock:
 		if h.srv.cfg.verbose {
-			h.log.Info("knock", "event", "knock", "ip", ip, "port", e.port, "source_port", e.srcPort)
+			h.log.LogAttrs(context.Background(), slog.LevelInfo, "knock", slog.String("event", "knock"), slog.String("ip", e.from.addr().String()),
+				slog.Int("port", int(e.port.port)), slog.String("proto", e.port.proto.String()), slog.Int("source_port", int(e.srcPort)))
 		}
-		h.callEvent("on_knock", h.hook.fns.knock, e, ip)
 	}
-}
-
-func (h *hookRuntime) callEvent(name string, fn *lua.LFunction, e *event, ip string) {
+	kind := hookOfEvent[e.kind]
+	fn := h.hook.doors[e.door][kind]
 	if fn == nil {
-		return
+		return true
 	}
-	h.call(name, h.hook.L, fn, h.eventTable(h.hook.L, e, ip))
+	return h.call(hookNames[kind], h.hook, fn, h.eventTable(h.hook.L, e)) == nil
 }
 
-// eventTable is the ev argument of a hook call.
-func (h *hookRuntime) eventTable(L *lua.LState, e *event, ip string) *lua.LTable {
-	t := L.CreateTable(0, 7)
-	t.RawSetString("ip", lua.LString(ip))
+// nextSequence uses up a one-time door's sequence, as knockd does, and sets the next one.
+func (h *hookRuntime) nextSequence(d int) {
+	door := &h.srv.cfg.doors[d]
+	seq, err := useOneTimeSequence(door.oneTime)
+	switch {
+	case err != nil:
+		h.log.Error("one-time sequence not used up: the door stays shut", "event", "hook_error", "door", door.name, "err", err.Error())
+	case seq == nil:
+		h.log.Warn("no one-time sequence left: the door stays shut until the file has new lines and knockknock restarts", "event", "overload", "door", door.name, "file", door.oneTime)
+	default:
+		door.seq = seq
+		h.values.seqs[d] = h.values.seqs[d][:0]
+		for _, p := range seq {
+			h.values.seqs[d] = append(h.values.seqs[d], lua.LNumber(p.port))
+		}
+		h.srv.tracker.setSequence(d, seq)
+		h.log.Info("next one-time sequence", "event", "sequence", "door", door.name, "file", door.oneTime)
+	}
+}
+
+func (h *hookRuntime) userOf(e *event) string {
+	if !e.conf.valid {
+		return ""
+	}
+	if k := h.srv.tracker.keys.Load().lookup(e.conf.keyID[:]); k != nil {
+		return k.name
+	}
+	return ""
+}
+
+// eventTable is the ev argument of a hook call: a fresh table each time (a hook may keep it).
+func (h *hookRuntime) eventTable(L *lua.LState, e *event) *lua.LTable {
+	v := &h.values
+	t := L.CreateTable(0, 10)
+	t.RawSetString("ip", lua.LString(e.from.addr().String()))
 	t.RawSetString("source_port", lua.LNumber(e.srcPort))
-	t.RawSetString("port", lua.LNumber(e.port))
-	seq := L.CreateTable(len(h.seqLua), 0)
-	for i, p := range h.seqLua {
+	t.RawSetString("port", h.portValue(e.port.port))
+	t.RawSetString("proto", v.protos[e.port.proto&1])
+	t.RawSetString("door", v.doors[e.door])
+	seq := L.CreateTable(len(v.seqs[e.door]), 0)
+	for i, p := range v.seqs[e.door] {
 		seq.RawSetInt(i+1, p)
 	}
 	t.RawSetString("sequence", seq)
 	t.RawSetString("time", lua.LNumber(float64(e.ts)/1e9))
 	t.RawSetString("elapsed", lua.LNumber(float64(e.elapsed)/1e9))
+	if user := h.userOf(e); user != "" {
+		t.RawSetString("user", lua.LString(user))
+	}
 	if e.kind == eventFail {
-		t.RawSetString("reason", lua.LString(e.reason.String()))
+		t.RawSetString("reason", v.reasons[e.reason])
 	}
 	return t
 }
 
-// call runs one hook function; a failure is logged and the server goes on.
-func (h *hookRuntime) call(name string, L *lua.LState, fn *lua.LFunction, args ...lua.LValue) {
-	if fn == nil {
-		return
+func (h *hookRuntime) portValue(p uint16) lua.LValue {
+	if v, ok := h.values.ports[p]; ok {
+		return v
 	}
-	err := h.protect(L, h.srv.cfg.hookTimeout, func() error {
-		return L.CallByParam(lua.P{Fn: fn, NRet: 0, Protect: true}, args...)
+	return lua.LNumber(p)
+}
+
+// call runs one hook function; a failure is logged and the server goes on.
+func (h *hookRuntime) call(name string, hook *luaHook, fn *lua.LFunction, args ...lua.LValue) error {
+	if fn == nil {
+		return nil
+	}
+	err := h.protect(hook, func() error {
+		return hook.L.CallByParam(lua.P{Fn: fn, NRet: 0, Protect: true}, args...)
 	})
 	if err == nil {
-		return
+		return nil
 	}
 	h.log.Error("hook failed", "event", "hook_error", "hook", name, "err", err.Error())
 	var p *runtimePanic
-	if errors.As(err, &p) && L == h.hook.L {
+	if errors.As(err, &p) && hook == h.hook {
 		h.replaceState()
 	}
+	return err
 }
 
 // replaceState starts the hook afresh after a panic inside the Lua runtime. Its globals are lost.
@@ -1642,12 +3956,21 @@ func (h *hookRuntime) replaceState() {
 	h.log.Warn("hook state replaced after a runtime panic: its globals were reset", "event", "hook_reload")
 }
 
-// reload re-reads the hook file. A hook that fails to load leaves the running one in place.
-// Callbacks the old state scheduled with knock.after still run, in the old state.
+// reload re-reads the hook file, and the keys. The new hook's on_start("reload") runs first:
+// if it fails, the new hook is dropped and the old one goes on, its rules in place. Only then
+// does the old hook's on_stop("reload") run. Callbacks the old state scheduled with
+// knock.after still run, in the old state.
 func (h *hookRuntime) reload() error {
 	cfg := h.srv.cfg
+	if cfg.keySource.flag != "" {
+		keys, err := loadKeys(cfg.keySource)
+		if err != nil {
+			return fmt.Errorf("%s: %v", cfg.keySource.flag, err)
+		}
+		h.srv.tracker.keys.Store(keys)
+	}
 	if cfg.hookPath == "" {
-		return errors.New("the embedded default hook has no file to reload")
+		return nil // an embedded hook has no file to read again
 	}
 	src, err := os.ReadFile(cfg.hookPath)
 	if err != nil {
@@ -1661,11 +3984,11 @@ func (h *hookRuntime) reload() error {
 	if err != nil {
 		return err
 	}
-	// The reason lets a firewall hook keep its rules across a reload: removing them and adding
-	// them again would leave the protected port open in between.
-	h.call("on_stop", h.hook.L, h.hook.fns.stop, lua.LString("reload"))
+	if err := h.start(fresh, "reload"); err != nil {
+		return fmt.Errorf("the new hook's on_start failed, the old hook goes on: %v", err)
+	}
+	h.call("on_stop", h.hook, h.hook.stop, lua.LString("reload"))
 	h.proto, h.hook = proto, fresh
-	h.call("on_start", fresh.L, fresh.fns.start, lua.LString("reload"))
 	return nil
 }
 
@@ -1757,7 +4080,8 @@ func (l *latencyHistogram) quantile(q float64) time.Duration {
 
 // installModule makes `knock` a global and require-able, and replaces os.execute with a version
 // that honours the hook timeout.
-func (h *hookRuntime) installModule(L *lua.LState) {
+func (h *hookRuntime) installModule(hook *luaHook) {
+	L := hook.L
 	mod := L.NewTable()
 	L.SetFuncs(mod, map[string]lua.LGFunction{
 		"close_knock_ports": h.luaCloseKnockPorts,
@@ -1767,7 +4091,7 @@ func (h *hookRuntime) installModule(L *lua.LState) {
 		"allow":             h.luaAllow,
 		"revoke":            h.luaRevoke,
 		"exec":              h.luaExec,
-		"after":             h.luaAfter,
+		"after":             func(L *lua.LState) int { return h.luaAfter(hook, L) },
 		"log":               h.luaLog,
 	})
 	mod.RawSetString("config", h.configTable(L))
@@ -1786,24 +4110,62 @@ func (h *hookRuntime) installModule(L *lua.LState) {
 	}
 }
 
-// configTable is knock.config: a read-only view of the settings.
+// configTable is knock.config: a read-only view of the settings and the doors.
 func (h *hookRuntime) configTable(L *lua.LState) *lua.LTable {
 	cfg := h.srv.cfg
+	numbers := func(ports []portSpec) *lua.LTable {
+		t := L.NewTable()
+		for _, p := range ports {
+			t.Append(lua.LNumber(p.port))
+		}
+		return t
+	}
 	data := L.NewTable()
-	ports := L.NewTable()
-	for _, p := range cfg.ports {
-		ports.Append(lua.LNumber(p))
+	doors := L.NewTable()
+	for _, d := range cfg.doors {
+		dt := L.NewTable()
+		dt.RawSetString("name", lua.LString(d.name))
+		dt.RawSetString("ports", numbers(d.seq))
+		protos := L.NewTable()
+		for _, p := range d.seq {
+			protos.Append(lua.LString(p.proto.String()))
+		}
+		dt.RawSetString("protos", protos)
+		dt.RawSetString("sequence", lua.LString(formatSpecs(d.seq)))
+		dt.RawSetString("timeout", lua.LNumber(d.timeout.Seconds()))
+		dt.RawSetString("seq_timeout", lua.LNumber(d.seqTimeout.Seconds()))
+		if d.target.IsValid() {
+			dt.RawSetString("target", lua.LString(d.target.String()))
+		}
+		a := d.action
+		for k, v := range map[string]string{"start_command": a.start, "start_command_6": a.start6, "stop_command": a.stop, "stop_command_6": a.stop6} {
+			if v != "" {
+				dt.RawSetString(k, lua.LString(v))
+			}
+		}
+		if a.cmdTimeout > 0 {
+			dt.RawSetString("cmd_timeout", lua.LNumber(a.cmdTimeout.Seconds()))
+		}
+		doors.Append(dt)
+		doors.RawSetString(d.name, dt)
 	}
-	decoys := L.NewTable()
-	for _, p := range cfg.decoys {
-		decoys.Append(lua.LNumber(p))
-	}
-	data.RawSetString("ports", ports)
-	data.RawSetString("decoys", decoys)
-	data.RawSetString("timeout", lua.LNumber(cfg.timeout.Seconds()))
+	data.RawSetString("doors", doors)
+	data.RawSetString("ports", numbers(cfg.doors[0].seq)) // the first door's, as before doors
+	data.RawSetString("decoys", numbers(cfg.decoys))
+	data.RawSetString("timeout", lua.LNumber(cfg.doors[0].timeout.Seconds()))
 	data.RawSetString("hook_timeout", lua.LNumber(cfg.hookTimeout.Seconds()))
-	data.RawSetString("listen", lua.LString(listenString(cfg.listen)))
-	data.RawSetString("authenticated", lua.LBool(cfg.secret != nil))
+	listen := ""
+	if len(cfg.listen) > 0 {
+		listen = cfg.listen[0].String()
+	}
+	data.RawSetString("listen", lua.LString(listen))
+	data.RawSetString("capture", lua.LBool(cfg.capture))
+	data.RawSetString("authenticated", lua.LBool(cfg.keys != nil))
+	return readOnly(L, data)
+}
+
+// readOnly wraps a table so that hooks can read it but not change it.
+func readOnly(L *lua.LState, data *lua.LTable) *lua.LTable {
 	view := L.NewTable()
 	meta := L.NewTable()
 	meta.RawSetString("__index", data)
@@ -1814,13 +4176,6 @@ func (h *hookRuntime) configTable(L *lua.LState) *lua.LTable {
 	meta.RawSetString("__metatable", lua.LString("read-only"))
 	L.SetMetatable(view, meta)
 	return view
-}
-
-func listenString(a netip.Addr) string {
-	if !a.IsValid() {
-		return ""
-	}
-	return a.String()
 }
 
 func (h *hookRuntime) luaCloseKnockPorts(L *lua.LState) int {
@@ -1836,7 +4191,7 @@ func (h *hookRuntime) luaOpenKnockPorts(L *lua.LState) int {
 		if err := h.srv.openKnockPorts(); err != nil {
 			return pushError(L, err)
 		}
-		h.log.Info("knock ports open", "event", "open_knock_ports", "ports", formatPorts(h.srv.cfg.knockPorts()))
+		h.log.Info("knock ports open", "event", "open_knock_ports", "ports", formatSpecs(h.srv.cfg.watchedPorts()))
 	}
 	L.Push(lua.LTrue)
 	return 1
@@ -1947,7 +4302,7 @@ func (h *hookRuntime) luaExec(L *lua.LState) int {
 		L.Push(lua.LString(""))
 		return 2
 	}
-	return h.runCommand(L, exec.Command(name, args...))
+	return runCommand(L, exec.Command(name, args...))
 }
 
 // luaOSExecute is os.execute(cmd) through /bin/sh, as in standard Lua, but under the hook timeout.
@@ -1961,7 +4316,7 @@ func (h *hookRuntime) luaOSExecute(L *lua.LState) int {
 		L.Push(lua.LNumber(0))
 		return 1
 	}
-	h.runCommand(L, cmd)
+	runCommand(L, cmd)
 	if L.Get(-2) == lua.LNil { // it could not start: nil and the message
 		return 2
 	}
@@ -1969,7 +4324,10 @@ func (h *hookRuntime) luaOSExecute(L *lua.LState) int {
 	return 1
 }
 
-func (h *hookRuntime) runCommand(L *lua.LState, cmd *exec.Cmd) int {
+// runCommand runs cmd in a process group of its own and kills the group when the hook call is
+// cancelled. A command that leaves the group (setsid, daemonizing) is not killed: it outlives
+// the call, as README says.
+func runCommand(L *lua.LState, cmd *exec.Cmd) int {
 	ctx := L.Context()
 	if ctx == nil {
 		ctx = context.Background()
@@ -2019,7 +4377,7 @@ func (b *limitedBuffer) String() string {
 	return b.buf.String()
 }
 
-func (h *hookRuntime) luaAfter(L *lua.LState) int {
+func (h *hookRuntime) luaAfter(hook *luaHook, L *lua.LState) int {
 	secs := float64(L.CheckNumber(1))
 	fn := L.CheckFunction(2)
 	if !(secs >= 0 && secs <= 365*24*3600) {
@@ -2028,12 +4386,9 @@ func (h *hookRuntime) luaAfter(L *lua.LState) int {
 	if h.dry {
 		return 0
 	}
-	for L.Parent != nil { // called in a coroutine: run fn on the hook's own state
-		L = L.Parent
-	}
 	time.AfterFunc(time.Duration(secs*float64(time.Second)), func() {
 		select {
-		case h.afters <- afterCall{L: L, fn: fn}:
+		case h.afters <- afterCall{hook: hook, fn: fn}:
 		case <-h.done:
 		}
 	})
@@ -2071,14 +4426,424 @@ func luaToAttr(v lua.LValue) any {
 	}
 }
 
-// ---------------------------------------------------------------------------------------------
+// =============================================================================================
+// knockd.conf
+//
+// A pure reader of knockd 0.8's configuration file, following its man page knockd(1) and, where
+// the man page is silent, knockd.c. Where knockd is lax (atoi, mistakes silently ignored), it
+// takes the strict reading and reports an error with its line number.
+const (
+	knockdSeqTimeout = 25 * time.Second // knockd.c SEQ_TIMEOUT
+	knockdCmdTimeout = 10 * time.Second // knockd.c CMD_TIMEOUT
+	knockdMaxName    = 64               // bytes in a door name
+	knockdSpace      = " \t\n\v\f\r"    // what knockd's trim() removes: C isspace
+)
+
+// knockdConfig is what a knockd.conf holds.
+type knockdConfig struct {
+	doors     []door
+	useSyslog bool
+	logFile   string
+	pidFile   string
+	iface     string // [options] Interface
+}
+
+// knockdKey is a key of knockd.conf and how to store its value.
+type knockdKey struct {
+	name, alias string // as the man page spells it; another spelling knockd accepts, or ""
+	door        bool   // a door key, else an [options] key
+	bare        bool   // a lone word, never "key = value"
+	set         func(c *knockdConfig, d *door, v string) error
+}
+
+// knockdKeys lists the keys knockd 0.8 accepts. knockd.c also takes "Timeout", an undocumented
+// alias of Seq_Timeout, and so do we. It takes UseSyslog inside a door too (making it global
+// all the same): we refuse that as misleading. An empty *_6 command is kept, and means "do
+// nothing for IPv6" (knockd(1)); an absent one falls back to the IPv4 command (see endDoor).
+func knockdKeys() []knockdKey {
+	return []knockdKey{
+		{name: "UseSyslog", bare: true, set: func(c *knockdConfig, _ *door, _ string) error { c.useSyslog = true; return nil }},
+		{name: "LogFile", set: func(c *knockdConfig, _ *door, v string) error { return knockdPath(&c.logFile, v) }},
+		{name: "PidFile", set: func(c *knockdConfig, _ *door, v string) error { return knockdPath(&c.pidFile, v) }},
+		{name: "Interface", set: func(c *knockdConfig, _ *door, v string) error { return knockdIface(&c.iface, v) }},
+		{name: "Sequence", door: true, set: func(_ *knockdConfig, d *door, v string) (err error) {
+			if d.oneTime != "" {
+				return errors.New("a door has Sequence or One_Time_Sequences, not both")
+			}
+			d.seq, err = knockdSequence(v)
+			return err
+		}},
+		{name: "One_Time_Sequences", door: true, set: func(_ *knockdConfig, d *door, v string) error {
+			if len(d.seq) > 0 {
+				return errors.New("a door has Sequence or One_Time_Sequences, not both")
+			}
+			return knockdPath(&d.oneTime, v)
+		}},
+		{name: "Seq_Timeout", alias: "Timeout", door: true, set: func(_ *knockdConfig, d *door, v string) error { return knockdSeconds(&d.seqTimeout, v) }},
+		{name: "TCPFlags", door: true, set: func(_ *knockdConfig, d *door, v string) (err error) { d.tcpFlags, err = parseTCPFlags(v); return err }},
+		{name: "Start_Command", alias: "Command", door: true, set: func(_ *knockdConfig, d *door, v string) error { d.action.start = v; return nil }},
+		{name: "Start_Command_6", alias: "Command_6", door: true, set: func(_ *knockdConfig, d *door, v string) error {
+			d.action.start6, d.action.hasStart6 = v, true
+			return nil
+		}},
+		{name: "Stop_Command", door: true, set: func(_ *knockdConfig, d *door, v string) error { d.action.stop = v; return nil }},
+		{name: "Stop_Command_6", door: true, set: func(_ *knockdConfig, d *door, v string) error {
+			d.action.stop6, d.action.hasStop6 = v, true
+			return nil
+		}},
+		{name: "Cmd_Timeout", door: true, set: func(_ *knockdConfig, d *door, v string) error { return knockdSeconds(&d.action.cmdTimeout, v) }},
+		{name: "Target", door: true, set: func(_ *knockdConfig, d *door, v string) error {
+			// knockd compares Target as text with inet_ntop's output, which has no zone.
+			a, err := netip.ParseAddr(v)
+			if err != nil || a.Zone() != "" {
+				return fmt.Errorf("%q is not an IP address (IPv4 or IPv6, without a zone)", v)
+			}
+			d.target = a
+			return nil
+		}},
+	}
+}
+
+// knockdParser holds the state of one parseKnockdConfig call.
+type knockdParser struct {
+	cfg      knockdConfig
+	keys     []knockdKey
+	section  string         // the current section's name; "" before the first one
+	door     *door          // the current door; nil in [options]
+	seen     map[string]int // key name -> its line, in the current section
+	sections map[string]int // lower-case section name -> the line of its header
+}
+
+// parseKnockdConfig reads knockd.conf text. It is a pure function: no file or network access
+// (one_time_sequences only records the path in door.oneTime). Errors are one line, of the
+// form "line N: what is wrong (what is allowed)", naming the offending key, value or flag.
+// A file without doors is valid, as in knockd; the caller decides whether that is useful.
+func parseKnockdConfig(text string) (*knockdConfig, error) {
+	p := &knockdParser{keys: knockdKeys(), sections: map[string]int{}}
+	n := 0
+	for line := range strings.Lines(strings.TrimPrefix(text, "\uFEFF")) {
+		n++
+		if err := p.line(n, strings.Trim(line, knockdSpace)); err != nil {
+			return nil, err
+		}
+	}
+	if err := p.endDoor(); err != nil {
+		return nil, err
+	}
+	return &p.cfg, nil
+}
+
+// line handles line n, trimmed of surrounding white space (and so of a CR before the LF).
+func (p *knockdParser) line(n int, s string) error {
+	switch {
+	case s == "" || s[0] == '#': // only a whole line is a comment: a command may hold '#'
+		return nil
+	case strings.IndexByte(s, 0) >= 0:
+		return fmt.Errorf("line %d: NUL byte (the file must be text)", n)
+	case s[0] == '[':
+		return p.startSection(n, s)
+	}
+	k, v, hasValue := strings.Cut(s, "=") // at the first '=': a value may hold more
+	k, v = strings.Trim(k, knockdSpace), strings.Trim(v, knockdSpace)
+	key, known := p.lookup(k)
+	switch {
+	case p.section == "":
+		return fmt.Errorf("line %d: key %q before any section (start with [options] or [doorname])", n, k)
+	case k == "":
+		return fmt.Errorf("line %d: no key before '=' (key = value)", n)
+	case !known && !hasValue:
+		return fmt.Errorf("line %d: %q has no '=' (key = value, or UseSyslog alone)", n, k)
+	case !known:
+		var names []string
+		for _, key := range p.keys {
+			if key.door == (p.door != nil) {
+				names = append(names, key.name)
+				if key.alias != "" {
+					names = append(names, key.alias)
+				}
+			}
+		}
+		return fmt.Errorf("line %d: unknown key %q in [%s] (known: %s)", n, k, p.section, strings.Join(names, ", "))
+	case key.door && p.door == nil:
+		return fmt.Errorf("line %d: %s belongs in a door section, not in [options]", n, k)
+	case !key.door && p.door != nil:
+		return fmt.Errorf("line %d: %s belongs in [options], not in door [%s]", n, k, p.section)
+	case key.bare && hasValue:
+		return fmt.Errorf("line %d: %s takes no value (write %s alone)", n, k, key.name)
+	case !key.bare && !hasValue:
+		return fmt.Errorf("line %d: %s has no '=' (%s = value)", n, k, key.name)
+	}
+	if first, dup := p.seen[key.name]; dup {
+		return fmt.Errorf("line %d: %s given again in [%s] (first at line %d; once per section, aliases included)", n, k, p.section, first)
+	}
+	p.seen[key.name] = n
+	if err := key.set(&p.cfg, p.door, v); err != nil {
+		return fmt.Errorf("line %d: %s: %v", n, k, err)
+	}
+	return nil
+}
+
+// lookup finds the key named k, ignoring case.
+func (p *knockdParser) lookup(k string) (knockdKey, bool) {
+	for _, key := range p.keys {
+		for _, name := range []string{key.name, key.alias} {
+			if name != "" && knockdEqual(k, name) {
+				return key, true
+			}
+		}
+	}
+	return knockdKey{}, false
+}
+
+// knockdEqual reports whether s is the ASCII word w, ignoring ASCII case as knockd's toupper
+// does. (Equal lengths keep strings.EqualFold from matching the Kelvin sign to 'k', 'ſ' to 's'.)
+func knockdEqual(s, w string) bool { return len(s) == len(w) && strings.EqualFold(s, w) }
+
+// startSection starts the section whose header "[name]" is s, on line n. Only "[options]" is
+// the global section, as in knockd (which compares it case-sensitively); we refuse any other
+// spelling of it rather than take it for a door. A section, door or [options], appears once.
+func (p *knockdParser) startSection(n int, s string) error {
+	if err := p.endDoor(); err != nil {
+		return err
+	}
+	if len(s) < 2 || s[len(s)-1] != ']' {
+		return fmt.Errorf("line %d: section header %q does not end with ']' ([name] alone on its line)", n, s)
+	}
+	name := s[1 : len(s)-1]
+	switch {
+	case name != "options" && knockdEqual(name, "options"):
+		return fmt.Errorf("line %d: section %q: the global section is spelled [options]", n, s)
+	case name != "options" && !knockdDoorName(name):
+		return fmt.Errorf("line %d: bad door name %q (1-%d bytes of printable UTF-8, no spaces or brackets)", n, name, knockdMaxName)
+	}
+	if first, dup := p.sections[strings.ToLower(name)]; dup {
+		return fmt.Errorf("line %d: section [%s] given again (first at line %d; names are case-insensitive)", n, name, first)
+	}
+	p.sections[strings.ToLower(name)] = n
+	p.section, p.seen = name, map[string]int{}
+	if name != "options" {
+		p.door = &door{name: name, line: n, seqTimeout: knockdSeqTimeout, tcpFlags: defaultTCPFlags,
+			action: doorAction{cmdTimeout: knockdCmdTimeout}}
+	}
+	return nil
+}
+
+// endDoor checks and completes the current door, if any, and adds it to the configuration.
+// A door needs a sequence but no command: knockd accepts a door that only logs its opening.
+func (p *knockdParser) endDoor() error {
+	d := p.door
+	if d == nil {
+		return nil
+	}
+	p.door = nil
+	if len(d.seq) == 0 && d.oneTime == "" {
+		return fmt.Errorf("line %d: door [%s] has no sequence (give Sequence or One_Time_Sequences)", d.line, d.name)
+	}
+	d.timeout = d.seqTimeout // knockd limits only the whole sequence, so no gap can exceed it
+	if !d.action.hasStart6 {
+		d.action.start6 = d.action.start
+	}
+	if !d.action.hasStop6 {
+		d.action.stop6 = d.action.stop
+	}
+	p.cfg.doors = append(p.cfg.doors, *d)
+	return nil
+}
+
+// knockdDoorName reports whether name is a valid door name. knockd takes any non-empty text
+// (cut to 127 bytes); we keep names short and easy to log: 1-64 bytes of printable UTF-8,
+// without white space, '[' or ']'.
+func knockdDoorName(name string) bool {
+	return name != "" && len(name) <= knockdMaxName && utf8.ValidString(name) &&
+		!strings.ContainsFunc(name, func(r rune) bool { return r == ' ' || r == '[' || r == ']' || !unicode.IsPrint(r) })
+}
+
+// knockdIface stores a network interface name, valid by Linux's rules (dev_valid_name: at
+// most IFNAMSIZ-1 bytes, not "." or "..", no '/', ':' or white space) and printable ASCII.
+func knockdIface(dst *string, v string) error {
+	bad := v == "" || len(v) > 15 || v == "." || v == ".."
+	for i := 0; i < len(v); i++ {
+		bad = bad || v[i] <= ' ' || v[i] >= 0x7f || v[i] == '/' || v[i] == ':'
+	}
+	if bad {
+		return fmt.Errorf("%q is not an interface name (1-15 printable ASCII bytes, no spaces, '/' or ':'; e.g. eth0)", v)
+	}
+	*dst = v
+	return nil
+}
+
+// knockdPath stores a file path, which must not be empty (knockd would fail later instead).
+func knockdPath(dst *string, v string) error {
+	if v == "" {
+		return errors.New("empty value (a file path)")
+	}
+	*dst = v
+	return nil
+}
+
+// knockdSeconds stores a timeout in whole seconds. knockd uses atoi, so that "abc" or "0"
+// would make every knock time out at once; we require 1 to 2^31-1 (atoi's range).
+func knockdSeconds(dst *time.Duration, v string) error {
+	n, err := strconv.ParseUint(v, 10, 31)
+	if err != nil || n == 0 {
+		return fmt.Errorf("%q is not a whole number of seconds (1-2147483647)", v)
+	}
+	*dst = time.Duration(n) * time.Second
+	return nil
+}
+
+// knockdSequence parses a knock sequence of 1 to maxSequenceLen ports; a bare port is TCP, as
+// in knockd. (knockd allows 32 ports, and takes a port that atoi cannot read for port 0.)
+func knockdSequence(v string) ([]portSpec, error) {
+	seq, err := parsePortSpecs(v, protoTCP)
+	switch {
+	case err != nil:
+		return nil, err
+	case len(seq) == 0:
+		return nil, errors.New("empty sequence (port[:tcp|udp],...)")
+	case len(seq) > maxSequenceLen:
+		return nil, fmt.Errorf("%d ports in the sequence (at most %d)", len(seq), maxSequenceLen)
+	}
+	return seq, nil
+}
+
+// parseTCPFlags parses knockd's TCPFlags (and --door's tcp-flags), like "syn,!ack". Unlike knockd, it allows spaces around
+// items, and refuses a flag both required and excluded (knockd keeps the last). Repeating a
+// flag the same way is harmless and allowed.
+func parseTCPFlags(v string) (tcpFlagRule, error) {
+	const allowed = "(comma-separated fin, syn, rst, psh, ack, urg, each may be prefixed by '!')"
+	names := [...]string{"fin", "syn", "rst", "psh", "ack", "urg"}
+	bits := [...]uint8{tcpFIN, tcpSYN, tcpRST, tcpPSH, tcpACK, tcpURG}
+	var r tcpFlagRule
+	for _, item := range strings.Split(v, ",") {
+		item = strings.Trim(item, knockdSpace)
+		name, exclude := strings.CutPrefix(item, "!")
+		var bit uint8
+		for i := range names {
+			if knockdEqual(name, names[i]) {
+				name, bit = names[i], bits[i]
+			}
+		}
+		switch {
+		case item == "":
+			return tcpFlagRule{}, errors.New("empty item " + allowed)
+		case bit == 0:
+			return tcpFlagRule{}, fmt.Errorf("unknown flag %q %s", item, allowed)
+		case exclude:
+			r.clear |= bit
+		default:
+			r.set |= bit
+		}
+		if r.set&r.clear != 0 {
+			return tcpFlagRule{}, fmt.Errorf("flag %s is both required and excluded (give it once, with or without '!')", name)
+		}
+	}
+	return r, nil
+}
+
+// oneTimeLine is an unused sequence of a one-time sequences file.
+type oneTimeLine struct {
+	offset int // byte offset of the line's first character in the file
+	line   int // 1-based line number
+	seq    []portSpec
+}
+
+// parseOneTimeSequences reads a one-time sequences file (knockd's one_time_sequences): one
+// sequence per line, in the syntax of Sequence. As in knockd, a line is trimmed first; then an
+// empty line is skipped and one starting with '#' is a used sequence or a comment. It returns
+// the unused lines in file order. knockd skips a line it cannot parse (and then marks the
+// wrong line as used); here that is an error with its line number.
+func parseOneTimeSequences(text string) ([]oneTimeLine, error) {
+	var out []oneTimeLine
+	offset, n := 0, 0
+	if strings.HasPrefix(text, "\uFEFF") {
+		offset = len("\uFEFF")
+	}
+	for line := range strings.Lines(text[offset:]) {
+		n++
+		start := offset
+		offset += len(line)
+		if s := strings.Trim(line, knockdSpace); s != "" && s[0] != '#' {
+			seq, err := knockdSequence(s)
+			if err != nil {
+				return nil, fmt.Errorf("line %d: %v", n, err)
+			}
+			out = append(out, oneTimeLine{offset: start, line: n, seq: seq})
+		}
+	}
+	return out, nil
+}
+
+// markSequenceUsed does knockd's rewrite of a used one-time sequence: it writes '#' over the
+// first character of the line at offset (an oneTimeLine.offset) and returns the new content,
+// a copy. Hence the man page's advice to start each line with a space: else the first digit is
+// lost. Any first byte is overwritten, as by knockd, white space or not (a CR too: "\r1" becomes
+// "#1"); but an offset outside text, or on a '\n' (which would join two lines), changes nothing.
+func markSequenceUsed(text []byte, offset int) []byte {
+	out := append([]byte(nil), text...)
+	if offset >= 0 && offset < len(out) && out[offset] != '\n' {
+		out[offset] = '#'
+	}
+	return out
+}
+
+// loadOneTimeSequences reads a one-time sequences file: its unused sequences, in order.
+func loadOneTimeSequences(path string) ([]oneTimeLine, error) {
+	text, err := readSmallFile(path, 1<<20)
+	if err != nil {
+		return nil, err
+	}
+	lines, err := parseOneTimeSequences(string(text))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	if len(lines) == 0 {
+		return nil, fmt.Errorf("%s has no unused sequence left", path)
+	}
+	return lines, nil
+}
+
+// useOneTimeSequence marks the file's first unused sequence as used, as knockd does ('#' over
+// the first character of its line), and returns the next one, or nil when none is left.
+func useOneTimeSequence(path string) ([]portSpec, error) {
+	lines, err := loadOneTimeSequences(path)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.WriteAt([]byte{'#'}, int64(lines[0].offset)); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	if len(lines) < 2 {
+		return nil, nil
+	}
+	return lines[1].seq, nil
+}
+
+// =============================================================================================
 // The built-in service
 //
-// knock.serve starts it: TCP answers HTTP (so curl works) and UDP replies with the greeting. In
-// allow mode only addresses granted by knock.allow get through; TCP connections from others are
-// reset and their UDP datagrams dropped.
+// knock.serve starts it: TCP answers HTTP (so curl works) and UDP replies with the greeting. It
+// is bounded: read, header, write and idle timeouts, at most serviceMaxConns connections and
+// serviceMaxPerClient from one address; more are reset at once. In allow mode only addresses
+// granted by knock.allow get through: TCP connections from others are reset right after the
+// handshake (so a scan sees the port open: only a firewall hook makes a port invisible) and
+// their UDP datagrams are dropped.
 
-const defaultGreeting = "Hello {ip}: you knocked the right way, the door is open."
+const (
+	defaultGreeting     = "Hello {ip}: you knocked the right way, the door is open."
+	serviceMaxConns     = 256
+	serviceMaxPerClient = 8
+	serviceTimeout      = 10 * time.Second
+	serviceIdleTimeout  = 30 * time.Second
+)
 
 type serviceSpec struct {
 	port      int
@@ -2107,15 +4872,19 @@ func (s *server) startService(spec serviceSpec) error {
 		}
 		svc.http = &http.Server{
 			Handler:           http.HandlerFunc(svc.serveHTTP),
-			ReadHeaderTimeout: 5 * time.Second,
+			ReadHeaderTimeout: serviceTimeout / 2,
+			ReadTimeout:       serviceTimeout,
+			WriteTimeout:      serviceTimeout,
+			IdleTimeout:       serviceIdleTimeout,
+			MaxHeaderBytes:    8 << 10,
 			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		}
-		var accept net.Listener = ln
+		limited := &limitListener{Listener: ln, perClient: map[addrKey]int{}}
 		if spec.allowOnly {
-			accept = &allowListener{Listener: ln, allow: &s.allow}
+			limited.allow = &s.allow
 			svc.http.SetKeepAlivesEnabled(false) // so that every request is checked at accept
 		}
-		go svc.http.Serve(accept)
+		go svc.http.Serve(limited)
 	}
 	if spec.proto != "tcp" {
 		addr, _ := net.ResolveUDPAddr("udp", s.serviceAddr(spec.port))
@@ -2135,8 +4904,8 @@ func (s *server) startService(spec serviceSpec) error {
 }
 
 func (s *server) serviceAddr(port int) string {
-	if s.cfg.listen.IsValid() {
-		return netip.AddrPortFrom(s.cfg.listen, uint16(port)).String()
+	if len(s.cfg.listen) == 1 {
+		return netip.AddrPortFrom(s.cfg.listen[0], uint16(port)).String()
 	}
 	return ":" + strconv.Itoa(port)
 }
@@ -2183,6 +4952,9 @@ func (svc *service) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		ip = ap.Addr().Unmap().String()
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if r.ContentLength != 0 {
+		w.Header().Set("Connection", "close") // an unread body is not worth keeping a connection for
+	}
 	io.WriteString(w, svc.greetingFor(ip))
 }
 
@@ -2203,26 +4975,73 @@ func (svc *service) serveUDP(allow *allowList) {
 	}
 }
 
-// allowListener resets TCP connections from addresses that knock.allow has not granted.
-type allowListener struct {
+// limitListener bounds the service's connections, in all and per client, and in allow mode
+// resets those from addresses knock.allow has not granted.
+type limitListener struct {
 	net.Listener
-	allow *allowList
+	allow     *allowList // nil: everyone
+	mu        sync.Mutex
+	total     int
+	perClient map[addrKey]int
 }
 
-func (l *allowListener) Accept() (net.Conn, error) {
+func (l *limitListener) Accept() (net.Conn, error) {
 	for {
 		conn, err := l.Listener.Accept()
 		if err != nil {
 			return nil, err
 		}
-		if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil && l.allow.allowed(keyOf(ap.Addr()), time.Now().UnixNano()) {
-			return conn, nil
+		ap, err := netip.ParseAddrPort(conn.RemoteAddr().String())
+		if err != nil {
+			reset(conn)
+			continue
 		}
-		if tc, ok := conn.(*net.TCPConn); ok {
-			tc.SetLinger(0)
+		k := keyOf(ap.Addr())
+		if l.allow != nil && !l.allow.allowed(k, time.Now().UnixNano()) {
+			reset(conn)
+			continue
 		}
-		conn.Close()
+		l.mu.Lock()
+		ok := l.total < serviceMaxConns && l.perClient[k] < serviceMaxPerClient
+		if ok {
+			l.total++
+			l.perClient[k]++
+		}
+		l.mu.Unlock()
+		if !ok {
+			reset(conn)
+			continue
+		}
+		return &limitedConn{Conn: conn, release: func() { l.release(k) }}, nil
 	}
+}
+
+func (l *limitListener) release(k addrKey) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.total--
+	if l.perClient[k]--; l.perClient[k] <= 0 {
+		delete(l.perClient, k)
+	}
+}
+
+// reset closes a TCP connection with a reset rather than a goodbye.
+func reset(conn net.Conn) {
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	conn.Close()
+}
+
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
 }
 
 // allowList is the set of clients granted by knock.allow, each until a deadline (unix ns).
@@ -2259,16 +5078,17 @@ func (a *allowList) sweep(now int64) {
 	}
 }
 
-// ---------------------------------------------------------------------------------------------
+// =============================================================================================
 // The client
 
 // knockPlan is what `knockknock knock` sends.
 type knockPlan struct {
 	host    string
 	network string // ip, ip4 or ip6
-	ports   []uint16
+	ports   []portSpec
 	delay   time.Duration
-	secret  []byte
+	wait    time.Duration
+	key     *userKey // nil: plain knocks
 }
 
 func newKnockPlan(cl *commandLine) (*knockPlan, error) {
@@ -2286,29 +5106,61 @@ func newKnockPlan(cl *commandLine) (*knockPlan, error) {
 		plan.network = "ip6"
 	}
 	var err error
-	if len(k.Args.Ports) > 0 {
-		if plan.ports, err = parsePortList(strings.Join(k.Args.Ports, ",")); err != nil {
+	switch {
+	case len(k.Args.Ports) > 0:
+		if plan.ports, err = parsePortSpecs(strings.Join(k.Args.Ports, ","), protoUDP); err != nil {
 			return nil, usagef("invalid PORT %q: %v", strings.Join(k.Args.Ports, " "), err)
 		}
-	} else if plan.ports, err = parsePortList(cl.global.Ports); err != nil || len(plan.ports) == 0 {
-		return nil, usagef("invalid --ports %q: want a comma-separated list of ports 1-65535", cl.global.Ports)
+	case cl.global.Ports != "":
+		if plan.ports, err = parsePortSpecs(cl.global.Ports, protoUDP); err != nil {
+			return nil, usagef("invalid --ports %q: %v", cl.global.Ports, err)
+		}
+	case len(cl.global.Doors) == 1:
+		d, err := parseDoorSpec(cl.global.Doors[0], time.Second)
+		if err != nil {
+			return nil, usagef("invalid --door %q: %v", cl.global.Doors[0], err)
+		}
+		plan.ports = d.seq
+	case len(cl.global.Doors) > 1:
+		return nil, usagef("knock: several doors are configured: name the ports to knock (knockknock knock HOST PORT...)")
+	default:
+		plan.ports, _ = parsePortSpecs(defaultPorts, protoUDP)
 	}
-	if len(plan.ports) > maxSequenceLen {
-		return nil, usagef("knock: at most %d ports", maxSequenceLen)
+	if len(plan.ports) == 0 || len(plan.ports) > maxSequenceLen {
+		return nil, usagef("knock: a sequence has 1 to %d ports", maxSequenceLen)
 	}
 	if plan.delay, err = parseDuration(k.Delay); err != nil || plan.delay > time.Minute {
 		return nil, usagef("invalid --delay %q: want a duration from 0 to 1m, such as 10ms or 0.5", k.Delay)
 	}
+	if plan.wait, err = parseDuration(k.Wait); err != nil || plan.wait < 10*time.Millisecond || plan.wait > 10*time.Minute {
+		return nil, usagef("invalid --wait %q: want a duration from 10ms to 10m, such as 3s", k.Wait)
+	}
 	if cl.global.SecretFile != "" {
-		if plan.secret, err = loadSecret(cl.global.SecretFile); err != nil {
+		secret, err := readSecretFile(cl.global.SecretFile)
+		if err != nil {
 			return nil, usagef("invalid --secret-file: %v", err)
+		}
+		plan.key = newUserKey("", secret)
+		for _, p := range plan.ports {
+			if p.proto == protoTCP {
+				return nil, usagef("knock: authenticated knocks are UDP datagrams: %s cannot carry a token", p)
+			}
 		}
 	}
 	return plan, nil
 }
 
-// send resolves the host and knocks each port in turn from one socket.
-func (k *knockPlan) send(ctx context.Context) (netip.Addr, error) {
+// knockResult is what a knock achieved, as the client can tell.
+type knockResult struct {
+	dst  netip.Addr
+	seen netip.AddrPort // authenticated: the address the server saw
+	door string         // authenticated: the door the server opened
+}
+
+// send resolves the host and knocks each port in turn: a UDP datagram from one socket, or a
+// TCP connection attempt abandoned at once (the SYN is the knock). With a key it runs the
+// authenticated exchange and waits for the server's confirmation.
+func (k *knockPlan) send(ctx context.Context) (knockResult, error) {
 	addrs, err := net.DefaultResolver.LookupNetIP(ctx, k.network, k.host)
 	if err == nil && len(addrs) == 0 {
 		err = errors.New("no address")
@@ -2319,41 +5171,136 @@ func (k *knockPlan) send(ctx context.Context) (netip.Addr, error) {
 			err = errors.New(dnsErr.Err)
 		}
 		family := map[string]string{"ip": "", "ip4": " (IPv4)", "ip6": " (IPv6)"}[k.network]
-		return netip.Addr{}, fmt.Errorf("cannot resolve %q%s: %v", k.host, family, err)
+		return knockResult{}, fmt.Errorf("cannot resolve %q%s: %v", k.host, family, err)
 	}
-	dst := addrs[0].Unmap()
+	res := knockResult{dst: addrs[0].Unmap()}
 	network := "udp4"
-	if dst.Is6() {
+	if res.dst.Is6() {
 		network = "udp6"
 	}
 	conn, err := net.ListenUDP(network, nil)
 	if err != nil {
-		return dst, fmt.Errorf("cannot open a UDP socket: %v", err)
+		return res, fmt.Errorf("cannot open a UDP socket: %v", err)
 	}
 	defer conn.Close()
-	var mac *tokenMAC
-	if k.secret != nil {
-		mac = newTokenMAC(k.secret)
+	if k.key != nil {
+		return res, k.authenticated(conn, &res)
 	}
-	var payload []byte
 	for i, port := range k.ports {
 		if i > 0 && k.delay > 0 {
 			time.Sleep(k.delay)
 		}
-		payload = payload[:0]
-		if mac != nil {
-			if payload, err = appendToken(payload, mac, i, port, time.Now()); err != nil {
-				return dst, err
-			}
+		if port.proto == protoTCP {
+			err = tcpKnock(res.dst, port.port)
+		} else {
+			_, err = conn.WriteToUDPAddrPort(nil, netip.AddrPortFrom(res.dst, port.port))
 		}
-		if _, err := conn.WriteToUDPAddrPort(payload, netip.AddrPortFrom(dst, port)); err != nil {
-			return dst, fmt.Errorf("knock on %s port %d failed: %v", dst, port, syscallCause(err))
+		if err != nil {
+			return res, fmt.Errorf("knock on %s port %s failed: %v", res.dst, port, syscallCause(err))
 		}
 	}
-	return dst, nil
+	return res, nil
 }
 
-// ---------------------------------------------------------------------------------------------
+// tcpKnock sends one SYN: a non-blocking connect, then close before any answer. Closing a
+// socket whose handshake has not completed sends nothing more.
+func tcpKnock(dst netip.Addr, port uint16) error {
+	fam := syscall.AF_INET
+	var sa syscall.Sockaddr = &syscall.SockaddrInet4{Port: int(port), Addr: dst.As4()}
+	if dst.Is6() {
+		fam, sa = syscall.AF_INET6, &syscall.SockaddrInet6{Port: int(port), Addr: dst.As16()}
+	}
+	fd, err := syscall.Socket(fam, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		return os.NewSyscallError("setnonblock", err)
+	}
+	if err := syscall.Connect(fd, sa); err != nil && err != syscall.EINPROGRESS && err != syscall.ECONNREFUSED {
+		return os.NewSyscallError("connect", err)
+	}
+	return nil
+}
+
+// authenticated runs hello, challenge, knocks and confirmation over one UDP socket.
+func (k *knockPlan) authenticated(conn *net.UDPConn, res *knockResult) error {
+	m := newMACScratch()
+	var nonceC [nonceLen]byte
+	if _, err := rand.Read(nonceC[:]); err != nil {
+		return err
+	}
+	first, last := netip.AddrPortFrom(res.dst, k.ports[0].port), netip.AddrPortFrom(res.dst, k.ports[len(k.ports)-1].port)
+	var out, in [wireLen]byte
+	encodeHello(out[:], m, k.key, first.Port(), time.Now().UnixMilli(), nonceC[:])
+	deadline := time.Now().Add(k.wait)
+	var chal challengeMsg
+	for got := false; !got; {
+		if _, err := conn.WriteToUDPAddrPort(out[:], first); err != nil {
+			return fmt.Errorf("hello to %s failed: %v", first, syscallCause(err))
+		}
+		retry := time.Now().Add(500 * time.Millisecond)
+		if retry.After(deadline) {
+			retry = deadline
+		}
+		got = receive(conn, in[:], first, retry, func(b []byte) bool {
+			c, ok := decodeChallenge(b, m, &k.key.mac, nonceC[:])
+			chal = challengeMsg{nonceS: bytes.Clone(c.nonceS), seen: c.seen}
+			return ok
+		})
+		if !got && !time.Now().Before(deadline) {
+			return fmt.Errorf("no answer from %s within %v: likely causes: the key is not in the server's keys (or was revoked), "+
+				"the clocks differ by more than the server's --max-skew, a firewall drops UDP to port %d, or the server is not running "+
+				"or not authenticated", first, k.wait, first.Port())
+		}
+	}
+	res.seen = chal.seen
+	for i, port := range k.ports {
+		if i > 0 && k.delay > 0 {
+			time.Sleep(k.delay)
+		}
+		encodeKnock(out[:], m, k.key, i, port.port, chal.nonceS, chal.seen.Addr())
+		if _, err := conn.WriteToUDPAddrPort(out[:], netip.AddrPortFrom(res.dst, port.port)); err != nil {
+			return fmt.Errorf("knock on %s port %s failed: %v", res.dst, port, syscallCause(err))
+		}
+	}
+	var conf confirmMsg
+	if !receive(conn, in[:], last, time.Now().Add(k.wait), func(b []byte) bool {
+		var ok bool
+		conf, ok = decodeConfirm(b, m, &k.key.mac, chal.nonceS)
+		return ok
+	}) {
+		return fmt.Errorf("no confirmation from %s within %v: likely causes: these ports are no door's sequence, a knock was lost "+
+			"or arrived out of order, the hook takes longer than --wait, or this address is banned", res.dst, k.wait)
+	}
+	res.door = conf.door
+	if conf.status != confirmUnlocked {
+		return fmt.Errorf("%s: the server's hook failed to open door %s for %s (see the server's log)", res.dst, conf.door, chal.seen.Addr())
+	}
+	return nil
+}
+
+// receive reads datagrams from want until one is accepted or the deadline passes.
+func receive(conn *net.UDPConn, buf []byte, want netip.AddrPort, deadline time.Time, accept func([]byte) bool) bool {
+	conn.SetReadDeadline(deadline)
+	defer conn.SetReadDeadline(time.Time{})
+	for {
+		n, from, err := conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return false
+			}
+			continue // an ICMP error for the hello: the port is closed in capture mode
+		}
+		if from.Addr().Unmap() == want.Addr() && from.Port() == want.Port() && accept(buf[:n]) {
+			return true
+		}
+	}
+}
+
+// =============================================================================================
 // main
 
 func main() {
@@ -2368,7 +5315,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case "knock":
 			return runKnock(cl, stdout, stderr)
 		case "keygen":
-			err = runKeygen(cl.keygen.Args.File, stdout)
+			err = runKeygen(&cl.keygen, stdout)
 		default:
 			return runServer(cl, stdout, stderr)
 		}
@@ -2402,37 +5349,112 @@ func runKnock(cl *commandLine, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	dst, err := plan.send(ctx)
+	res, err := plan.send(ctx)
 	if err != nil {
 		return report(err, stdout, stderr)
 	}
-	mode := "plain"
-	if plan.secret != nil {
-		mode = "authenticated"
+	if plan.key == nil {
+		fmt.Fprintf(stdout, "knocked %s on %s (plain: no confirmation)\n", res.dst, formatSpecs(plan.ports))
+	} else {
+		fmt.Fprintf(stdout, "unlocked door %s on %s for %s (the address the server sees)\n", res.door, res.dst, res.seen.Addr())
 	}
-	fmt.Fprintf(stdout, "knocked %s on %s (%s)\n", dst, formatPorts(plan.ports), mode)
 	return exitOK
 }
 
-func runKeygen(path string, stdout io.Writer) error {
+// runKeygen makes a key from 32 random bytes, written as 64 hex digits.
+func runKeygen(k *keygenCommand, stdout io.Writer) error {
 	var key [32]byte
 	if _, err := rand.Read(key[:]); err != nil {
 		return err
 	}
-	secret := hex.EncodeToString(key[:]) + "\n"
-	if path == "" {
-		_, err := io.WriteString(stdout, secret)
+	secret := hex.EncodeToString(key[:])
+	if k.User != "" {
+		if err := checkUserName(k.User); err != nil {
+			return usagef("keygen --user: %v", err)
+		}
+	}
+	if path := k.Args.File; path != "" {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return usagef("keygen: %v", err)
+		}
+		if _, err := f.WriteString(secret + "\n"); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+		if k.User == "" {
+			return nil
+		}
+	}
+	if k.User != "" {
+		_, err := fmt.Fprintf(stdout, "%s %s\n", k.User, secret)
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return usagef("keygen: %v", err)
+	_, err := fmt.Fprintln(stdout, secret)
+	return err
+}
+
+// logWriter buffers log lines and writes them every logFlushInterval, or when a buffer fills:
+// one write per line would cost a system call per unlock under load.
+type logWriter struct {
+	mu   sync.Mutex
+	w    io.Writer
+	buf  []byte
+	stop chan struct{}
+	done chan struct{}
+}
+
+const logFlushInterval = 50 * time.Millisecond
+
+func newLogWriter(w io.Writer) *logWriter {
+	l := &logWriter{w: w, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		tick := time.NewTicker(logFlushInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				l.Flush()
+			case <-l.stop:
+				l.Flush()
+				return
+			}
+		}
+	}()
+	return l
+}
+
+func (l *logWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, p...)
+	if len(l.buf) >= 64<<10 {
+		l.flushLocked()
 	}
-	if _, err := f.WriteString(secret); err != nil {
-		f.Close()
-		return err
+	return len(p), nil
+}
+
+func (l *logWriter) Flush() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.flushLocked()
+}
+
+func (l *logWriter) flushLocked() {
+	if len(l.buf) > 0 {
+		_, _ = l.w.Write(l.buf)
+		l.buf = l.buf[:0]
 	}
-	return f.Close()
+}
+
+// Close writes what is buffered and stops the writer.
+func (l *logWriter) Close() {
+	close(l.stop)
+	<-l.done
 }
 
 func newLogger(cfg *config, w io.Writer) *slog.Logger {
@@ -2445,6 +5467,9 @@ func newLogger(cfg *config, w io.Writer) *slog.Logger {
 
 // runServer validates everything; then `check` prints the settings and `serve` runs.
 func runServer(cl *commandLine, stdout, stderr io.Writer) int {
+	if (cl.global.Capture || cl.global.KnockdConfig != "") && runtime.GOOS != "linux" {
+		return report(usagef("capture mode needs Linux raw sockets (this is %s): without --capture and --knockd-config, knockknock binds UDP ports", runtime.GOOS), stdout, stderr)
+	}
 	cfg, err := buildConfig(&cl.global)
 	if err != nil {
 		return report(err, stdout, stderr)
@@ -2453,11 +5478,12 @@ func runServer(cl *commandLine, stdout, stderr io.Writer) int {
 	if err != nil {
 		return report(err, stdout, stderr)
 	}
-	log := newLogger(cfg, stderr)
 	if cl.command == "check" {
-		return runCheck(cfg, proto, log, stdout, stderr)
+		return runCheck(cfg, proto, newLogger(cfg, stderr), stdout, stderr)
 	}
-	return serve(cfg, proto, log, stdout, stderr)
+	lw := newLogWriter(stderr)
+	defer lw.Close()
+	return serve(cfg, proto, newLogger(cfg, lw), lw, stdout, stderr)
 }
 
 // runCheck loads the hook without side effects and prints the effective settings.
@@ -2468,52 +5494,131 @@ func runCheck(cfg *config, proto *lua.FunctionProto, log *slog.Logger, stdout, s
 	if err != nil {
 		return report(err, stdout, stderr)
 	}
-	hook.L.Close()
 	var defined []string
-	for name, fn := range map[string]*lua.LFunction{"on_unlock": hook.fns.unlock, "on_knock": hook.fns.knock, "on_fail": hook.fns.fail, "on_start": hook.fns.start, "on_stop": hook.fns.stop} {
-		if fn != nil {
+	for _, name := range hookNames {
+		if hook.L.GetGlobal(name) != lua.LNil {
 			defined = append(defined, name)
 		}
 	}
+	hook.L.Close()
+	for _, f := range []struct {
+		name string
+		fn   *lua.LFunction
+	}{{"on_start", hook.start}, {"on_stop", hook.stop}, {"on_flush", hook.flush}} {
+		if f.fn != nil {
+			defined = append(defined, f.name)
+		}
+	}
 	sort.Strings(defined)
-	listen := listenOrAll(cfg.listen)
-	mode := "plain (knockd-compatible): anyone who sees a knock can replay it"
-	if cfg.secret != nil {
-		mode = fmt.Sprintf("authenticated (HMAC-SHA256, --secret-file %s, --max-skew %v)", cfg.secretFile, cfg.maxSkew)
+	w := stdout
+	mode := "socket: bound UDP ports (a UDP scan sees them open|filtered)"
+	if cfg.capture {
+		mode = "capture: raw sockets behind a BPF filter (the ports answer like closed ports)"
+	}
+	if cfg.knockd != nil {
+		mode += ", knockd.conf " + cfg.knockdPath
+	}
+	knocks := "plain (knockd-compatible): anyone who sees a knock can replay it"
+	if cfg.keys != nil {
+		who := "one shared key"
+		if !cfg.keys.shared {
+			who = fmt.Sprintf("%d user keys", len(cfg.keys.byID))
+		}
+		knocks = fmt.Sprintf("authenticated (%s %s: %s), challenge-bound, --max-skew %v", cfg.keySource.flag, cfg.keySource.path, who, cfg.maxSkew)
 	}
 	bans := "off"
 	if cfg.banAfter > 0 {
-		bans = fmt.Sprintf("after %d failures within %v, for %v", cfg.banAfter, cfg.banWindow, cfg.banTime)
+		bans = fmt.Sprintf("after %d failures within %v, for %v (IPv6: per /%d)", cfg.banAfter, cfg.banWindow, cfg.banTime, cfg.banPrefix6)
 	}
-	w := stdout
-	fmt.Fprintf(w, "ports:        %s\n", formatPorts(cfg.ports))
-	fmt.Fprintf(w, "decoys:       %s\n", orNone(formatPorts(cfg.decoys)))
-	fmt.Fprintf(w, "timeout:      %v\n", cfg.timeout)
-	fmt.Fprintf(w, "listen:       %s\n", listen)
+	fmt.Fprintf(w, "mode:         %s\n", mode)
+	for _, d := range cfg.doors {
+		fmt.Fprintf(w, "door %s: %s\n", d.name, describeDoor(d))
+	}
+	fmt.Fprintf(w, "decoys:       %s\n", orNone(formatSpecs(cfg.decoys)))
+	fmt.Fprintf(w, "listen:       %s\n", listenOrAll(cfg.listen))
 	fmt.Fprintf(w, "hook:         %s (%s)\n", cfg.hookName, strings.Join(defined, ", "))
 	fmt.Fprintf(w, "hook-timeout: %v\n", cfg.hookTimeout)
 	for _, kv := range cfg.hookArgs {
 		fmt.Fprintf(w, "hook-arg:     %s=%s\n", kv[0], kv[1])
 	}
-	fmt.Fprintf(w, "knocks:       %s\n", mode)
+	fmt.Fprintf(w, "knocks:       %s\n", knocks)
 	fmt.Fprintf(w, "max-clients:  %d\n", cfg.maxClients)
 	fmt.Fprintf(w, "bans:         %s\n", bans)
 	fmt.Fprintf(w, "log-format:   %s\n", cfg.logFormat)
-	if msg := scanWarning(cfg.ports, cfg.decoys); msg != "" {
+	for _, msg := range cfg.warnings {
 		fmt.Fprintf(w, "warning: %s\n", msg)
 	}
-	if cfg.secret == nil && len(cfg.ports) <= 4 {
-		fmt.Fprintf(w, "warning: a %d-port plain sequence has few orders: a UDP scan of the knock ports can complete it by chance and a listener can replay it; use --secret-file, a longer sequence, or --decoys\n", len(cfg.ports))
+	for _, d := range cfg.doors {
+		if cfg.keys == nil && len(d.seq) <= 4 {
+			fmt.Fprintf(w, "warning: door %s: a %d-port plain sequence has few orders: a scan of the knock ports can complete it by chance and a listener can replay it; use authenticated knocks, a longer sequence, or --decoys\n", d.name, len(d.seq))
+		}
+	}
+	if cfg.knockd != nil {
+		for _, note := range knockdNotes(cfg.knockd) {
+			fmt.Fprintf(w, "note: %s\n", note)
+		}
 	}
 	fmt.Fprintln(w, "ok")
 	return exitOK
 }
 
-func listenOrAll(a netip.Addr) string {
-	if !a.IsValid() {
+// describeDoor is a door in one line, for check.
+func describeDoor(d door) string {
+	s := fmt.Sprintf("%s (timeout %v", formatSpecs(d.seq), d.timeout)
+	if d.seqTimeout > 0 {
+		s += fmt.Sprintf(", whole sequence within %v", d.seqTimeout)
+	}
+	for _, p := range d.seq {
+		if p.proto == protoTCP {
+			s += ", tcp flags " + d.tcpFlags.String()
+			break
+		}
+	}
+	if d.target.IsValid() {
+		s += ", sent to " + d.target.String()
+	}
+	if d.oneTime != "" {
+		s += ", one-time sequences from " + d.oneTime
+	}
+	if a := d.action; a.start != "" || a.start6 != "" {
+		s += fmt.Sprintf(", start %q", a.start)
+		if a.start6 != a.start {
+			s += fmt.Sprintf(", IPv6 start %q", a.start6)
+		}
+		if a.stop != "" || a.stop6 != "" {
+			s += fmt.Sprintf(", after %v stop %q", a.cmdTimeout, a.stop)
+		}
+	}
+	return s + ")"
+}
+
+// knockdNotes says what becomes of knockd's [options].
+func knockdNotes(k *knockdConfig) []string {
+	var notes []string
+	if k.useSyslog {
+		notes = append(notes, "knockd UseSyslog ignored: knockknock logs to stderr (under systemd, to the journal)")
+	}
+	if k.logFile != "" {
+		notes = append(notes, fmt.Sprintf("knockd LogFile %s ignored: knockknock logs to stderr (under systemd, to the journal)", k.logFile))
+	}
+	if k.pidFile != "" {
+		notes = append(notes, fmt.Sprintf("knockd PidFile %s ignored: knockknock does not daemonize (systemd tracks it)", k.pidFile))
+	}
+	if k.iface != "" {
+		notes = append(notes, fmt.Sprintf("knockd Interface %s: only knocks sent to that interface's addresses count", k.iface))
+	}
+	return notes
+}
+
+func listenOrAll(a []netip.Addr) string {
+	if len(a) == 0 {
 		return "all addresses, IPv4 and IPv6"
 	}
-	return a.String()
+	s := make([]string, len(a))
+	for i, x := range a {
+		s[i] = x.String()
+	}
+	return strings.Join(s, ", ")
 }
 
 func orNone(s string) string {
@@ -2523,37 +5628,99 @@ func orNone(s string) string {
 	return s
 }
 
-// serve runs the server until SIGINT or SIGTERM. SIGHUP reloads the hook.
-func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, stdout, stderr io.Writer) int {
+// interfaceAddrs lists a network interface's addresses (knockd's Interface).
+func interfaceAddrs(name string) ([]netip.Addr, error) {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("interface %s: %v", name, err)
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return nil, fmt.Errorf("interface %s: %v", name, err)
+	}
+	var list []netip.Addr
+	for _, a := range addrs {
+		if pfx, err := netip.ParsePrefix(a.String()); err == nil {
+			list = append(list, pfx.Addr().Unmap())
+		}
+	}
+	if len(list) == 0 {
+		return nil, fmt.Errorf("interface %s has no address", name)
+	}
+	return list, nil
+}
+
+// serve runs the server until SIGINT or SIGTERM. SIGHUP reloads the hook and the keys.
+func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, lw *logWriter, stdout, stderr io.Writer) int {
+	fail := func(err error) int {
+		lw.Flush()
+		return report(err, stdout, stderr)
+	}
+	if cfg.knockd != nil {
+		for _, note := range knockdNotes(cfg.knockd) {
+			log.Info(note, "event", "start")
+		}
+		if cfg.knockd.iface != "" && len(cfg.listen) == 0 {
+			addrs, err := interfaceAddrs(cfg.knockd.iface)
+			if err != nil {
+				return fail(err)
+			}
+			cfg.listen = addrs
+		}
+	}
 	s := newServer(cfg, log, proto)
 	hook, err := s.hooks.load(proto)
 	if err != nil {
-		return report(err, stdout, stderr)
+		return fail(err)
 	}
-	s.tracker.wantKnock.Store(hook.fns.knock != nil || cfg.verbose)
+	wantKnock := cfg.verbose
+	for d := range hook.doors {
+		wantKnock = wantKnock || hook.doors[d][hookKnock] != nil
+	}
+	s.tracker.wantKnock.Store(wantKnock)
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(signals)
 	if err := s.openKnockPorts(); err != nil {
 		hook.L.Close()
-		return report(err, stdout, stderr)
+		return fail(err)
+	}
+	if n := s.smallBuffers.Load(); n > 0 {
+		log.Warn("small receive buffers: a burst of knocks may be dropped; raise net.core.rmem_max (sysctl -w net.core.rmem_max=8388608) or run as root",
+			"event", "start", "receive_buffer", n)
+	}
+	if err := s.hooks.start(hook, "start"); err != nil {
+		s.closeKnockPorts()
+		s.readers.Wait()
+		s.stopServices()
+		return fail(fmt.Errorf("the hook's on_start failed, so the door could not be closed; stopping: %v", err))
 	}
 	stopJanitor := make(chan struct{})
 	go s.janitor(stopJanitor)
 	go s.hooks.run(hook)
-	mode := "plain"
-	if s.auth != nil {
-		mode = "authenticated"
+	mode, knocks := "socket", "plain"
+	if cfg.capture {
+		mode = "capture"
 	}
-	log.Info("listening", "event", "start", "ports", formatPorts(cfg.ports), "decoys", orNone(formatPorts(cfg.decoys)),
-		"timeout", cfg.timeout.String(), "hook", cfg.hookName, "knocks", mode, "listen", listenOrAll(cfg.listen))
+	if cfg.keys != nil {
+		knocks = "authenticated"
+	}
+	for _, msg := range cfg.warnings {
+		log.Warn(msg, "event", "start")
+	}
+	doors := make([]string, len(cfg.doors))
+	for i, d := range cfg.doors {
+		doors[i] = d.name + "=" + formatSpecs(d.seq)
+	}
+	log.Info("listening", "event", "start", "mode", mode, "doors", strings.Join(doors, " "), "decoys", orNone(formatSpecs(cfg.decoys)),
+		"hook", cfg.hookName, "knocks", knocks, "listen", listenOrAll(cfg.listen))
 	for sig := range signals {
 		if sig != syscall.SIGHUP {
 			log.Info("shutting down", "event", "stop", "signal", sig.String())
 			break
 		}
 		if err := s.hooks.requestReload(); err != nil {
-			log.Error("hook reload failed; keeping the running hook", "event", "hook_reload", "err", oneLine(err.Error()))
+			log.Error("reload failed; keeping the running hook and keys", "event", "hook_reload", "err", oneLine(err.Error()))
 		} else {
 			log.Info("hook reloaded", "event", "hook_reload", "hook", cfg.hookName)
 		}
@@ -2563,7 +5730,18 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, stdout, stde
 	close(stopJanitor)
 	s.hooks.stop()
 	s.stopServices()
-	log.Info("stopped", "event", "stopped", "unlocks", s.hooks.unlocks.Load(), "hook_events_dropped", s.hooks.dropped.Load(),
-		"rejected", s.rejected.Load(), "last_unlock_unix_ns", s.hooks.lastUnlock.Load(), "hook_latency_p50", s.hooks.latency.quantile(0.5).String(), "hook_latency_p99", s.hooks.latency.quantile(0.99).String())
+	attrs := []any{"event", "stopped", "unlocks", s.hooks.unlocks.Load(), "hook_events_shed", s.hooks.queue.shedTotal(),
+		"last_unlock_unix_ns", s.hooks.lastUnlock.Load(), "hook_latency_p50", s.hooks.latency.quantile(0.5).String(),
+		"hook_latency_p99", s.hooks.latency.quantile(0.99).String()}
+	log.Info("stopped", append(attrs, append([]any{"dropped"}, slog.GroupValue(dropAttrs(s.intake)...))...)...)
 	return exitOK
+}
+
+// dropAttrs are the intake's drop counters as log attributes.
+func dropAttrs(in *intake) []slog.Attr {
+	var attrs []slog.Attr
+	for r := dropReason(1); r < nDropReasons; r++ {
+		attrs = append(attrs, slog.Uint64(r.String(), in.drops[r].Load()))
+	}
+	return attrs
 }

@@ -1,14 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"encoding/binary"
-	"encoding/hex"
 	"math"
 	"net/netip"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -79,11 +76,11 @@ func TestRules(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			r := rules{seq: tc.seq, decoys: tc.decoys, timeout: int64(5 * time.Second), retransmit: int64(time.Second)}
+			r := rules{seq: udp(tc.seq...), decoys: udp(tc.decoys...), timeout: int64(5 * time.Second), retransmit: int64(time.Second), flags: defaultTCPFlags}
 			var p progress
 			base := time.Now().UnixNano()
 			for i, s := range tc.steps {
-				v, why := r.apply(&p, s.port, base+int64(s.at))
+				v, why := r.apply(&p, &pendingKnock{port: s.port, ts: base + int64(s.at)})
 				if v != s.want || why != s.why {
 					t.Fatalf("knock %d (port %d at %v): got verdict %d reason %q, want verdict %d reason %q", i, s.port, s.at, v, why, s.want, s.why)
 				}
@@ -98,9 +95,9 @@ type recorder struct {
 	events []event
 }
 
-func (r *recorder) emit(e event) {
+func (r *recorder) emit(events []event) {
 	r.mu.Lock()
-	r.events = append(r.events, e)
+	r.events = append(r.events, events...)
 	r.mu.Unlock()
 }
 
@@ -128,13 +125,34 @@ func (r *recorder) unlocked(ip string) int {
 	return n
 }
 
+// udp makes a sequence of UDP knocks.
+func udp(ports ...uint16) []portSpec {
+	specs := make([]portSpec, len(ports))
+	for i, p := range ports {
+		specs[i] = portSpec{p, protoUDP}
+	}
+	return specs
+}
+
+func up(p uint16) portSpec { return portSpec{p, protoUDP} }
+
+func testDoor(name string, ports ...uint16) door {
+	return door{name: name, seq: udp(ports...), timeout: 5 * time.Second, tcpFlags: defaultTCPFlags}
+}
+
 func testConfig(ports ...uint16) *config {
-	return &config{ports: ports, timeout: 5 * time.Second, maxClients: 65536, banWindow: time.Minute, banTime: time.Hour}
+	return &config{doors: []door{testDoor(defaultDoor, ports...)}, maxClients: 65536, banWindow: time.Minute, banTime: time.Hour,
+		banPrefix6: 64, hookTimeout: 2 * time.Second, maxSkew: 30 * time.Second, hookName: "test.lua"}
 }
 
 func newTestTracker(c *config) (*tracker, *recorder) {
 	rec := &recorder{}
 	return newTracker(c, rec.emit), rec
+}
+
+// feed hands the tracker one knock, as the intake does.
+func feed(tr *tracker, k knock) dropReason {
+	return tr.knock(&k, newOutbox(len(tr.doors)))
 }
 
 func key(s string) addrKey { return keyOf(netip.MustParseAddr(s)) }
@@ -145,12 +163,12 @@ func TestTrackerClientsAreIndependent(t *testing.T) {
 	a, b, c := key("127.0.0.2"), key("::1"), key("2001:db8::7")
 	// Interleaved: each client's knocks are in order, and b's wrong knock must not reset a or c.
 	for i, k := range []knock{
-		{from: a, port: 1}, {from: b, port: 1}, {from: c, port: 1},
-		{from: a, port: 2}, {from: b, port: 3}, {from: c, port: 2},
-		{from: a, port: 3}, {from: b, port: 2}, {from: c, port: 3},
+		{from: a, port: up(1)}, {from: b, port: up(1)}, {from: c, port: up(1)},
+		{from: a, port: up(2)}, {from: b, port: up(3)}, {from: c, port: up(2)},
+		{from: a, port: up(3)}, {from: b, port: up(2)}, {from: c, port: up(3)},
 	} {
 		k.ts = t0 + int64(i)*int64(ms)
-		tr.knock(k)
+		feed(tr, k)
 	}
 	if rec.unlocked("127.0.0.2") != 1 || rec.unlocked("2001:db8::7") != 1 || rec.unlocked("::1") != 0 {
 		t.Fatalf("unlocks: a=%d b=%d c=%d, want 1 0 1", rec.unlocked("127.0.0.2"), rec.unlocked("::1"), rec.unlocked("2001:db8::7"))
@@ -160,8 +178,8 @@ func TestTrackerClientsAreIndependent(t *testing.T) {
 func TestTrackerIPv4MappedIsTheSameClient(t *testing.T) {
 	tr, rec := newTestTracker(testConfig(1, 2))
 	t0 := time.Now().UnixNano()
-	tr.knock(knock{from: key("::ffff:127.0.0.1"), port: 1, ts: t0})
-	tr.knock(knock{from: key("127.0.0.1"), port: 2, ts: t0 + int64(ms)})
+	feed(tr, knock{from: key("::ffff:127.0.0.1"), port: up(1), ts: t0})
+	feed(tr, knock{from: key("127.0.0.1"), port: up(2), ts: t0 + int64(ms)})
 	if rec.unlocked("127.0.0.1") != 1 {
 		t.Fatalf("an IPv4-mapped address and its IPv4 form must be one client; events %+v", rec.events)
 	}
@@ -172,9 +190,9 @@ func TestTrackerReordersByReceiveTime(t *testing.T) {
 	tr, rec := newTestTracker(testConfig(1, 2, 3))
 	t0 := time.Now().UnixNano()
 	a := key("127.1.0.1")
-	for _, k := range []knock{{port: 3, ts: t0 + 20}, {port: 1, ts: t0}, {port: 2, ts: t0 + 10}} {
+	for _, k := range []knock{{port: up(3), ts: t0 + 20}, {port: up(1), ts: t0}, {port: up(2), ts: t0 + 10}} {
 		k.from = a
-		tr.knock(k)
+		feed(tr, k)
 	}
 	if rec.unlocked("127.1.0.1") != 1 {
 		t.Fatalf("a sequence read out of order did not unlock: %+v", rec.events)
@@ -188,7 +206,7 @@ func TestTrackerReordersByReceiveTime(t *testing.T) {
 func TestTrackerFailureSettlesAfterReorderWindow(t *testing.T) {
 	tr, rec := newTestTracker(testConfig(1, 2, 3))
 	t0 := time.Now().UnixNano()
-	tr.knock(knock{from: key("127.0.0.9"), port: 2, ts: t0})
+	feed(tr, knock{from: key("127.0.0.9"), port: up(2), ts: t0})
 	if n := rec.count(eventFail, reasonNone); n != 0 {
 		t.Fatalf("failure reported before the reorder window passed")
 	}
@@ -202,13 +220,13 @@ func TestTrackerUnlockReportsElapsedAndPort(t *testing.T) {
 	tr, rec := newTestTracker(testConfig(1, 2, 3))
 	t0 := time.Now().UnixNano()
 	for i, p := range []uint16{1, 2, 3} {
-		tr.knock(knock{from: key("10.0.0.1"), srcPort: 4000 + p, port: p, ts: t0 + int64(i)*int64(100*ms)})
+		feed(tr, knock{from: key("192.0.2.1"), srcPort: 4000 + p, port: up(p), ts: t0 + int64(i)*int64(100*ms)})
 	}
 	if len(rec.events) != 1 {
 		t.Fatalf("events %+v, want one unlock", rec.events)
 	}
 	e := rec.events[0]
-	if e.kind != eventUnlock || e.port != 3 || e.srcPort != 4003 || e.elapsed != int64(200*ms) || e.ts != t0+int64(200*ms) {
+	if e.kind != eventUnlock || e.port != up(3) || e.srcPort != 4003 || e.elapsed != int64(200*ms) || e.ts != t0+int64(200*ms) || e.door != 0 {
 		t.Fatalf("unlock event %+v", e)
 	}
 }
@@ -217,7 +235,9 @@ func TestTrackerForgetsStaleClients(t *testing.T) {
 	tr, _ := newTestTracker(testConfig(1, 2, 3))
 	t0 := time.Now().UnixNano()
 	for i := range 100 {
-		tr.knock(knock{from: keyOf(netip.AddrFrom4([4]byte{127, 2, 0, byte(i)})), port: 1, ts: t0})
+		from := keyOf(netip.AddrFrom4([4]byte{127, 2, 0, byte(i)}))
+		feed(tr, knock{from: from, port: up(1), ts: t0})
+		feed(tr, knock{from: from, port: up(2), ts: t0 + 1})
 	}
 	if n := tr.clients(); n != 100 {
 		t.Fatalf("tracking %d clients, want 100", n)
@@ -232,26 +252,104 @@ func TestTrackerForgetsStaleClients(t *testing.T) {
 	}
 }
 
+// A client record is made only at a second knock, and client records are only evicted by each
+// other: the table stays within --max-clients under a flood of two-knock clients, and a flood
+// of first knocks never touches it.
 func TestTrackerBoundedByMaxClients(t *testing.T) {
 	c := testConfig(1, 2, 3)
 	c.maxClients = 1000
 	tr, rec := newTestTracker(c)
 	t0 := time.Now().UnixNano()
 	for i := range 20000 {
-		tr.knock(knock{from: keyOf(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})), port: 1, ts: t0 + int64(i)})
+		from := keyOf(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
+		feed(tr, knock{from: from, port: up(1), ts: t0 + int64(i)})
+		feed(tr, knock{from: from, port: up(2), ts: t0 + int64(i) + 1})
 	}
 	if n := tr.clients(); n > 1000 {
 		t.Fatalf("tracking %d clients, the cap is 1000", n)
 	}
-	if tr.evicted.Load() < 19000 {
-		t.Fatalf("evicted %d, want at least 19000", tr.evicted.Load())
+	if tr.evicted.Load() < 18000 {
+		t.Fatalf("evicted %d, want at least 18000", tr.evicted.Load())
 	}
 	legit := key("192.0.2.1")
 	for i, p := range []uint16{1, 2, 3} {
-		tr.knock(knock{from: legit, port: p, ts: t0 + int64(time.Second) + int64(i)})
+		feed(tr, knock{from: legit, port: up(p), ts: t0 + int64(time.Second) + int64(i)})
 	}
 	if rec.unlocked("192.0.2.1") != 1 {
 		t.Fatal("a legitimate client did not unlock right after the flood")
+	}
+}
+
+// Issue 11: a genuine first knock, a flood of spoofed first knocks, then the genuine second and
+// third knocks a second apart each: the genuine client unlocks, and clients with progress are
+// never evicted by first knocks.
+func TestTrackerFirstKnockFloodEvictsNoProgress(t *testing.T) {
+	tr, rec := newTestTracker(testConfig(1, 2, 3))
+	t0 := time.Now().UnixNano()
+	legit, halfway := key("192.0.2.1"), key("192.0.2.2")
+	feed(tr, knock{from: halfway, port: up(1), ts: t0})
+	feed(tr, knock{from: halfway, port: up(2), ts: t0 + 1})
+	flood := func(from int, at int64) {
+		for i := range 100000 {
+			feed(tr, knock{from: keyOf(netip.AddrFrom4([4]byte{10, byte((from + i) >> 16), byte((from + i) >> 8), byte(from + i)})), port: up(1), ts: at + int64(i)})
+		}
+	}
+	feed(tr, knock{from: legit, port: up(1), ts: t0 + 2})
+	flood(0, t0+3)
+	feed(tr, knock{from: legit, port: up(2), ts: t0 + int64(time.Second)})
+	flood(100000, t0+int64(time.Second)+1)
+	feed(tr, knock{from: legit, port: up(3), ts: t0 + int64(2*time.Second)})
+	feed(tr, knock{from: halfway, port: up(3), ts: t0 + int64(2*time.Second)})
+	if rec.unlocked("192.0.2.1") != 1 || rec.unlocked("192.0.2.2") != 1 {
+		t.Fatalf("after 200,000 spoofed first knocks: legit unlocked %d, halfway %d; want 1 and 1", rec.unlocked("192.0.2.1"), rec.unlocked("192.0.2.2"))
+	}
+	if tr.evicted.Load() != 0 || tr.clients() != 2 {
+		t.Fatalf("first knocks made %d client records and evicted %d", tr.clients(), tr.evicted.Load())
+	}
+}
+
+// Issue 11: each port of the sequence 5 times with no gap unlocks, in any read order; a wrong or
+// decoy knock sent 5 times, then the sequence, unlocks too.
+func TestTrackerDuplicatesNeverBreakASequence(t *testing.T) {
+	c := testConfig(1, 2, 3)
+	c.decoys = udp(9)
+	for trial := range 100 {
+		tr, rec := newTestTracker(c)
+		t0 := time.Now().UnixNano()
+		var knocks []knock
+		for i, p := range []uint16{1, 2, 3} {
+			for j := range 5 {
+				knocks = append(knocks, knock{from: key("192.0.2.1"), port: up(p), ts: t0 + int64(i*5+j)*1000})
+			}
+		}
+		for j := range 5 {
+			knocks = append(knocks, knock{from: key("192.0.2.2"), port: up(9 - uint16(j%2)*5), ts: t0 + int64(j)*1000}) // 9 (decoy) and 4 (wrong)
+		}
+		for i, p := range []uint16{1, 2, 3} {
+			knocks = append(knocks, knock{from: key("192.0.2.2"), port: up(p), ts: t0 + int64(10+i)*1000})
+		}
+		shuffleWithin(knocks, trial, 6) // as readers on different sockets would see them
+		for _, k := range knocks {
+			feed(tr, k)
+		}
+		tr.sweep(t0 + 2*reorderWindow)
+		if rec.unlocked("192.0.2.1") != 1 || rec.unlocked("192.0.2.2") != 1 {
+			t.Fatalf("trial %d: unlocked %d and %d times, want 1 and 1; events %+v", trial, rec.unlocked("192.0.2.1"), rec.unlocked("192.0.2.2"), rec.events)
+		}
+	}
+}
+
+// shuffleWithin moves each element at most span places, deterministically from seed.
+func shuffleWithin(ks []knock, seed, span int) {
+	x := uint32(seed*2654435761 + 1)
+	for i := range ks {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		j := i + int(x%uint32(span))
+		if j < len(ks) {
+			ks[i], ks[j] = ks[j], ks[i]
+		}
 	}
 }
 
@@ -262,59 +360,209 @@ func TestTrackerBans(t *testing.T) {
 	t0 := time.Now().UnixNano()
 	at := func(d time.Duration) int64 { return t0 + int64(d) }
 	ip := key("198.51.100.4")
-	tr.knock(knock{from: ip, port: 2, ts: at(0)})
-	tr.knock(knock{from: ip, port: 3, ts: at(2 * time.Second)})
+	feed(tr, knock{from: ip, port: up(2), ts: at(0)})
+	tr.sweep(at(0) + reorderWindow + 1)
+	feed(tr, knock{from: ip, port: up(3), ts: at(2 * time.Second)})
 	tr.sweep(at(2*time.Second) + reorderWindow + 1)
 	if n := rec.count(eventFail, reasonBanned); n != 1 {
 		t.Fatalf("got %d bans after 2 failures, want 1: %+v", n, rec.events)
 	}
 	for i, p := range []uint16{1, 2, 3} {
-		tr.knock(knock{from: ip, port: p, ts: at(4*time.Second + time.Duration(i))})
+		if why := feed(tr, knock{from: ip, port: up(p), ts: at(4*time.Second + time.Duration(i))}); why != dropBanned {
+			t.Fatalf("a banned client's knock: %v", why)
+		}
 	}
 	if rec.unlocked("198.51.100.4") != 0 {
 		t.Fatal("a banned client unlocked")
 	}
 	for i, p := range []uint16{1, 2, 3} {
-		tr.knock(knock{from: ip, port: p, ts: at(13*time.Second + time.Duration(i))})
+		feed(tr, knock{from: ip, port: up(p), ts: at(13*time.Second + time.Duration(i))})
 	}
 	if rec.unlocked("198.51.100.4") != 1 {
 		t.Fatal("the client did not unlock after its ban ended")
 	}
-	if rec.unlocked("198.51.100.5") != 0 {
-		t.Fatal("impossible")
+}
+
+// Issue 11: a flood of spoofed wrong knocks (one each, from 200,000 sources) neither lifts a ban
+// nor lets a guessing address escape one; an IPv6 ban covers the /64.
+func TestBansSurviveFloods(t *testing.T) {
+	c := testConfig(1, 2, 3)
+	c.banAfter, c.banTime, c.maxClients = 3, time.Hour, 4096
+	tr, rec := newTestTracker(c)
+	t0 := time.Now().UnixNano()
+	now := t0
+	var n uint16
+	wrong := func(from addrKey) { // 2 and 3 in turn, so that no knock repeats the one before
+		now += 1000
+		n++
+		feed(tr, knock{from: from, port: up(2 + n%2), ts: now})
+	}
+	banned, guesser := key("198.51.100.1"), key("198.51.100.2")
+	for range 3 {
+		wrong(banned)
+		tr.sweep(now + reorderWindow + 1)
+	}
+	wrong(guesser)
+	wrong(guesser)
+	tr.sweep(now + reorderWindow + 1)
+	for i := range 200000 {
+		wrong(keyOf(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})))
+		if i%1000 == 999 {
+			tr.sweep(now + reorderWindow + 1)
+		}
+	}
+	tr.sweep(now + reorderWindow + 1)
+	if why := feed(tr, knock{from: banned, port: up(1), ts: now + 2*reorderWindow}); why != dropBanned {
+		t.Fatalf("the flood lifted a ban: %v", why)
+	}
+	wrong(guesser)
+	tr.sweep(now + reorderWindow + 1)
+	if why := feed(tr, knock{from: guesser, port: up(1), ts: now + 2*reorderWindow}); why != dropBanned {
+		t.Fatalf("the guessing address escaped its ban after the flood: %v; bans %d", why, rec.count(eventFail, reasonBanned))
+	}
+	// IPv6: three failures from three addresses of one /64 ban the /64.
+	for i := range 3 {
+		wrong(keyOf(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i + 1)})))
+	}
+	tr.sweep(now + reorderWindow + 1)
+	if why := feed(tr, knock{from: key("2001:db8::ffff"), port: up(1), ts: now + 2*reorderWindow}); why != dropBanned {
+		t.Fatalf("an address of a banned /64 was not banned: %v", why)
+	}
+	if why := feed(tr, knock{from: key("2001:db8:0:1::1"), port: up(1), ts: now + 2*reorderWindow}); why != dropNone {
+		t.Fatalf("another /64 was banned: %v", why)
 	}
 }
 
-func TestParsePortList(t *testing.T) {
+// Doors: a client is tracked per door; a knock wrong for one door never resets another where it
+// is right; two doors may share ports and prefixes.
+func TestTrackerDoorsAreIndependent(t *testing.T) {
+	c := testConfig()
+	c.doors = []door{testDoor("open", 7000, 8000, 9000), testDoor("close", 9000, 8000, 7000), testDoor("https", 12345, 54321)}
+	tr, rec := newTestTracker(c)
+	t0 := time.Now().UnixNano()
+	send := func(from string, ports ...uint16) {
+		for _, p := range ports {
+			t0 += int64(ms)
+			feed(tr, knock{from: key(from), port: up(p), ts: t0})
+		}
+	}
+	send("192.0.2.1", 7000, 8000, 9000) // opens "open", starts "close" with its last knock
+	send("192.0.2.1", 8000, 7000)       // completes "close"
+	send("192.0.2.2", 12345)
+	send("192.0.2.3", 9000, 8000)
+	send("192.0.2.2", 54321)
+	send("192.0.2.3", 7000)
+	doorsOf := func(ip string) []string {
+		var names []string
+		for _, e := range rec.events {
+			if e.kind == eventUnlock && e.from == key(ip) {
+				names = append(names, c.doors[e.door].name)
+			}
+		}
+		return names
+	}
+	for ip, want := range map[string]string{"192.0.2.1": "open,close", "192.0.2.2": "https", "192.0.2.3": "close"} {
+		if got := strings.Join(doorsOf(ip), ","); got != want {
+			t.Errorf("%s unlocked %q, want %q", ip, got, want)
+		}
+	}
+	if n := rec.count(eventFail, reasonNone); n != 0 {
+		t.Errorf("%d failures reported for knocks that were right for some door: %+v", n, rec.events)
+	}
+}
+
+// TCP flags: segments without the door's flags are ignored, neither advancing nor resetting.
+func TestRulesTCPFlagsAndTargets(t *testing.T) {
+	d := door{name: "d", seq: []portSpec{{1, protoTCP}, {2, protoUDP}, {3, protoTCP}}, timeout: 5 * time.Second, seqTimeout: time.Second, tcpFlags: defaultTCPFlags}
+	r := newRules(d, 1, nil)
+	var p progress
+	steps := []struct {
+		k    pendingKnock
+		want verdict
+		why  failReason
+	}{
+		{pendingKnock{port: 1, proto: protoTCP, flags: tcpSYN, to: 1}, verdictAdvanced, reasonNone},
+		{pendingKnock{port: 3, proto: protoTCP, flags: tcpSYN | tcpACK, to: 1}, verdictIgnored, reasonNone}, // established traffic
+		{pendingKnock{port: 3, proto: protoTCP, flags: tcpRST, to: 1}, verdictIgnored, reasonNone},
+		{pendingKnock{port: 2, proto: protoUDP, to: 2}, verdictIgnored, reasonNone}, // sent to another address
+		{pendingKnock{port: 2, proto: protoTCP, flags: tcpSYN, to: 1}, verdictRejected, reasonWrongPort},
+		{pendingKnock{port: 1, proto: protoTCP, flags: tcpSYN, to: 1}, verdictAdvanced, reasonNone},
+		{pendingKnock{port: 2, proto: protoUDP, to: 1}, verdictAdvanced, reasonNone},
+		{pendingKnock{port: 3, proto: protoTCP, flags: tcpSYN, to: 1, ts: int64(1100 * ms)}, verdictRejected, reasonTimeout}, // seq_timeout
+	}
+	for i, s := range steps {
+		if s.k.ts == 0 {
+			s.k.ts = int64(i) * int64(ms)
+		}
+		if v, why := r.apply(&p, &s.k); v != s.want || why != s.why {
+			t.Fatalf("step %d: verdict %d reason %q, want %d %q", i, v, why, s.want, s.why)
+		}
+	}
+}
+
+func TestParsePortSpecs(t *testing.T) {
 	cases := []struct {
 		in   string
-		want string // formatted ports, or "error: substring"
+		bare proto
+		want string // formatted, or "error: substring"
 	}{
-		{"123,456,789", "123,456,789"},
-		{" 1 , 65535 ", "1,65535"},
-		{"7,7,8", "7,7,8"},
-		{"", ""},
-		{"0", "error: out of range"},
-		{"65536", "error: out of range"},
-		{"70000", "error: out of range"},
-		{"abc", "error: not a port number"},
-		{"-1", "error: not a port number"},
-		{"+5", "error: not a port number"},
-		{"1,,2", "error: empty item"},
-		{"1,", "error: empty item"},
-		{"99999999999999999999", "error: out of range"},
-		{"0x10", "error: not a port number"},
+		{"123,456,789", protoUDP, "123:udp,456:udp,789:udp"},
+		{"7000:tcp,8000:UDP, 9000", protoUDP, "7000:tcp,8000:udp,9000:udp"},
+		{"7000,8000:udp", protoTCP, "7000:tcp,8000:udp"},
+		{" 1 , 65535 ", protoUDP, "1:udp,65535:udp"},
+		{"7,7,8", protoUDP, "7:udp,7:udp,8:udp"},
+		{"", protoUDP, ""},
+		{"0", protoUDP, "error: out of range"},
+		{"65536", protoUDP, "error: out of range"},
+		{"abc", protoUDP, "error: not a port number"},
+		{"-1", protoUDP, "error: not a port number"},
+		{"1,,2", protoUDP, "error: empty item"},
+		{"1:sctp", protoUDP, "error: tcp or udp"},
+		{"1:", protoUDP, "error: tcp or udp"},
+		{":tcp", protoUDP, "error: empty item"},
+		{"99999999999999999999", protoUDP, "error: out of range"},
 	}
 	for _, tc := range cases {
-		got, err := parsePortList(tc.in)
+		got, err := parsePortSpecs(tc.in, tc.bare)
 		if strings.HasPrefix(tc.want, "error: ") {
 			if err == nil || !strings.Contains(err.Error(), strings.TrimPrefix(tc.want, "error: ")) {
-				t.Errorf("parsePortList(%q) = %v, %v; want an error containing %q", tc.in, got, err, tc.want)
+				t.Errorf("parsePortSpecs(%q) = %v, %v; want an error containing %q", tc.in, got, err, tc.want)
 			}
 			continue
 		}
-		if err != nil || formatPorts(got) != tc.want {
-			t.Errorf("parsePortList(%q) = %v, %v; want %s", tc.in, got, err, tc.want)
+		if err != nil || formatSpecs(got) != tc.want {
+			t.Errorf("parsePortSpecs(%q) = %v, %v; want %s", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func TestParseDoorSpec(t *testing.T) {
+	cases := []struct {
+		in, want string // want: describeDoor's text, or "error: substring"
+	}{
+		{"ssh=7000:tcp,8000,9000", "7000:tcp,8000:udp,9000:udp (timeout 5s, tcp flags syn,!ack)"},
+		{"a=1,2 timeout=2s seq-timeout=3", "1:udp,2:udp (timeout 2s, whole sequence within 3s)"},
+		{"t=1:tcp tcp-flags=fin,!ack", "1:tcp (timeout 5s, tcp flags fin,!ack)"},
+		{"noports", "error: NAME=PORTS"},
+		{"=1,2", "error: 1 to 32 characters"},
+		{"bad name=1", "error: NAME=PORTS"},
+		{"a=1 b", "error: KEY=VALUE"},
+		{"x=1 colour=red", "error: unknown field"},
+		{"x=1 timeout=-1", "error: negative"},
+		{"x=1:tcp tcp-flags=syn,!syn", "error: both required and excluded"},
+		{"x=1 tcp-flags=ece", "error: unknown flag"},
+		{"ü=1", "error: door name"},
+	}
+	for _, tc := range cases {
+		d, err := parseDoorSpec(tc.in, 5*time.Second)
+		if strings.HasPrefix(tc.want, "error: ") {
+			if err == nil || !strings.Contains(err.Error(), strings.TrimPrefix(tc.want, "error: ")) {
+				t.Errorf("parseDoorSpec(%q) = %v; want an error containing %q", tc.in, err, tc.want)
+			}
+			continue
+		}
+		if err != nil || describeDoor(d) != tc.want {
+			t.Errorf("parseDoorSpec(%q) = %q, %v; want %q", tc.in, describeDoor(d), err, tc.want)
 		}
 	}
 }
@@ -388,97 +636,50 @@ func TestScanWarning(t *testing.T) {
 		{[]uint16{9}, nil, true},
 	}
 	for _, tc := range cases {
-		if got := scanWarning(tc.seq, tc.decoys) != ""; got != tc.warn {
+		if got := scanWarning(udp(tc.seq...), udp(tc.decoys...)) != ""; got != tc.warn {
 			t.Errorf("scanWarning(%v, decoys %v) warns %v, want %v", tc.seq, tc.decoys, got, tc.warn)
 		}
 	}
 }
 
-func TestTokens(t *testing.T) {
-	secret := []byte("0123456789abcdef0123456789abcdef")
-	c := testConfig(1000, 2000, 1000)
-	c.secret, c.maxSkew = secret, 30*time.Second
-	a := newAuthenticator(c)
-	client, srv := newTokenMAC(secret), newTokenMAC(secret)
-	now := time.Now()
-	tok, err := appendToken(nil, client, 2, 1000, now)
-	if err != nil || len(tok) != tokenLen {
-		t.Fatalf("token %x, %v", tok, err)
+func TestCheckPortsRejectsAmbiguousDoors(t *testing.T) {
+	c := testConfig()
+	c.doors = []door{testDoor("a", 1, 2, 3), testDoor("b", 1, 2, 3)}
+	if err := c.checkPorts(); err == nil || !strings.Contains(err.Error(), "same sequence") {
+		t.Errorf("two doors with one sequence: %v", err)
 	}
-	if !a.verify(srv, tok, 1000, now.UnixNano()) {
-		t.Fatal("a fresh token was refused")
+	c.doors = []door{testDoor("a", 1, 2), testDoor("b", 1, 2, 3)}
+	if err := c.checkPorts(); err != nil || len(c.warnings) == 0 || !strings.Contains(strings.Join(c.warnings, "\n"), "prefix") {
+		t.Errorf("a prefix: %v, warnings %q", err, c.warnings)
 	}
-	if a.verify(srv, tok, 1000, now.UnixNano()) {
-		t.Fatal("a replayed token was accepted")
-	}
-	mustRefuse := func(name string, tok []byte, port uint16, at time.Time) {
-		t.Helper()
-		if a.verify(srv, tok, port, at.UnixNano()) {
-			t.Errorf("%s: accepted", name)
-		}
-	}
-	fresh := func(pos int, port uint16, at time.Time) []byte {
-		tok, _ := appendToken(nil, client, pos, port, at)
-		return tok
-	}
-	mustRefuse("wrong port", fresh(0, 1000, now), 2000, now)
-	mustRefuse("position does not match the port", fresh(1, 1000, now), 1000, now)
-	mustRefuse("position past the end", fresh(3, 1000, now), 1000, now)
-	mustRefuse("too old", fresh(0, 1000, now.Add(-31*time.Second)), 1000, now)
-	mustRefuse("too new", fresh(0, 1000, now.Add(31*time.Second)), 1000, now)
-	other, _ := appendToken(nil, newTokenMAC([]byte("another secret, 32 bytes long!!!")), 0, 1000, now)
-	mustRefuse("another secret", other, 1000, now)
-	for i := range tokenLen {
-		tok := fresh(0, 1000, now)
-		tok[i] ^= 0x40
-		mustRefuse("tampered byte "+string(rune('0'+i%10)), tok, 1000, now)
-	}
-	mustRefuse("truncated", fresh(0, 1000, now)[:tokenLen-1], 1000, now)
-	mustRefuse("extended", append(fresh(0, 1000, now), 0), 1000, now)
-	mustRefuse("empty", nil, 1000, now)
-	if !a.verify(srv, fresh(0, 1000, now.Add(-29*time.Second)), 1000, now.UnixNano()) {
-		t.Error("a token within the skew was refused")
+	c.doors = []door{{name: "t", seq: []portSpec{{1, protoTCP}}, timeout: time.Second}}
+	if err := c.checkPorts(); err == nil || !strings.Contains(err.Error(), "--capture") {
+		t.Errorf("a TCP knock without capture: %v", err)
 	}
 }
 
-func TestReplayCacheRemembersForTheWholeValidity(t *testing.T) {
-	span := 60 * time.Second
-	r := newReplayCache(span, 10)
-	t0 := int64(1e18)
-	n := [16]byte{1}
-	if !r.firstSeen(n, t0) {
-		t.Fatal("first sighting refused")
+func TestParseControl(t *testing.T) {
+	if !linux64 {
+		t.Skip("SKIP: kernel receive times and destinations are read on 64-bit Linux only")
 	}
-	for _, d := range []time.Duration{time.Second, 59 * time.Second, 61 * time.Second, 119 * time.Second} {
-		if r.firstSeen(n, t0+int64(d)) {
-			t.Fatalf("nonce forgotten after %v (a token is valid for %v)", d, span)
-		}
-	}
-	for i := range 20 {
-		r.firstSeen([16]byte{2, byte(i)}, t0+int64(119*time.Second))
-	}
-	if len(r.cur) > 10 || len(r.old) > 10 {
-		t.Fatalf("cache grew past its limit: %d + %d", len(r.cur), len(r.old))
-	}
-}
-
-func TestReceiveTime(t *testing.T) {
-	if timestampOption == 0 {
-		t.Skip("no kernel receive timestamps on this platform")
-	}
-	oob := make([]byte, 32)
+	oob := make([]byte, 64)
 	ne := binary.NativeEndian
 	ne.PutUint64(oob[0:], 32)
-	ne.PutUint32(oob[8:], syscall.SOL_SOCKET)
-	ne.PutUint32(oob[12:], uint32(timestampOption))
+	ne.PutUint32(oob[8:], solSocket)
+	ne.PutUint32(oob[12:], soTimestampNS)
 	ne.PutUint64(oob[16:], 1700000000)
 	ne.PutUint64(oob[24:], 123)
-	if got := receiveTime(oob); got != 1700000000*int64(time.Second)+123 {
-		t.Fatalf("receiveTime = %d", got)
+	ne.PutUint64(oob[32:], 28)
+	ne.PutUint32(oob[40:], ipprotoIP)
+	ne.PutUint32(oob[44:], ipPktinfo)
+	copy(oob[56:60], []byte{192, 0, 2, 9})
+	cd := parseControl(oob)
+	if cd.ts != 1700000000*int64(time.Second)+123 || cd.to != netip.MustParseAddr("192.0.2.9") {
+		t.Fatalf("parseControl = %+v", cd)
 	}
 	now := time.Now().UnixNano()
-	if got := receiveTime(oob[:20]); got < now {
-		t.Fatalf("truncated control data should fall back to the time now, got %d", got)
+	if got := parseControl(oob[:20]); got.ts < now || got.to.IsValid() {
+		t.Fatalf("truncated control data should fall back to the time now, got %+v", got)
 	}
 }
 
@@ -507,22 +708,28 @@ func TestLatencyHistogram(t *testing.T) {
 	}
 }
 
-// The test vector in README, so that other clients can check themselves against it.
-func TestTokenTestVector(t *testing.T) {
-	secret := []byte("knockknock-test-vector-secret")
-	want, _ := hex.DecodeString("4b4b01000000018bcfe56800000102030405060708090a0b0c0d0e0f" +
-		"2067c6ef15a185d3b3a16e634ad838d5c3e2097895b2d4a20eebf32c303058fa")
-	m := newTokenMAC(secret)
-	if got := m.compute(want[:tokenMACAt], 7000); !bytes.Equal(got, want[tokenMACAt:]) {
-		t.Fatalf("MAC %x, want %x", got, want[tokenMACAt:])
+func TestEventQueueIsFairUnderOverload(t *testing.T) {
+	q := newEventQueue(1000)
+	flood := make([]event, 0, 5000)
+	for i := range 5000 {
+		flood = append(flood, event{kind: eventUnlock, from: keyOf(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}))})
 	}
-	c := testConfig(7000, 9000)
-	c.secret, c.maxSkew = secret, 30*time.Second
-	if !newAuthenticator(c).verify(m, want, 7000, time.UnixMilli(1700000000000).UnixNano()) {
-		t.Fatal("the test vector is refused")
+	q.push(flood)
+	q.push([]event{{kind: eventKnock, from: key("192.0.2.1")}})
+	q.push([]event{{kind: eventUnlock, from: key("192.0.2.1")}})
+	if q.length() != 1000 {
+		t.Fatalf("queue holds %d events, the limit is 1000", q.length())
 	}
-	f, ok := parseToken(want)
-	if !ok || f.pos != 0 || f.milli != 1700000000000 || f.nonce != [16]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} {
-		t.Fatalf("parsed %+v", f)
+	if q.shedTotal() != 4000+2 || q.shed[eventKnock].Load() != 1 {
+		t.Fatalf("shed %d (%d knocks), want 4002: 4000 spoofed unlocks, the knock (never in place of an unlock), and one spoofed unlock for the genuine one", q.shedTotal(), q.shed[eventKnock].Load())
+	}
+	// Prefixes take turns: the genuine client's unlock comes out in the first round.
+	got := q.pop(nil, 64)
+	found := false
+	for _, e := range got {
+		found = found || e.from == key("192.0.2.1") && e.kind == eventUnlock
+	}
+	if !found {
+		t.Fatal("the genuine unlock did not come out in the first 64 events")
 	}
 }
