@@ -1301,11 +1301,15 @@ func bucket[E any](table []E, h uint64) []E {
 }
 
 // outbox collects the events of one knock while a shard is locked; they are emitted after.
-// Each caller owns one, so filling it allocates nothing.
-type outbox struct{ events []event }
+// Each caller owns one, so filling it allocates nothing. It also holds the caller's scratch
+// progress for trying pending knocks.
+type outbox struct {
+	events []event
+	trial  []progress
+}
 
 func newOutbox(ndoors int) *outbox {
-	return &outbox{events: make([]event, 0, (pendingMax+2)*(2*ndoors+2))}
+	return &outbox{events: make([]event, 0, (pendingMax+2)*(2*ndoors+2)), trial: make([]progress, ndoors)}
 }
 
 func (o *outbox) add(e event) { o.events = append(o.events, e) }
@@ -1573,9 +1577,8 @@ func (t *tracker) settle(s *shard, i int32, horizon int64, out *outbox) {
 	if c.npending == 0 {
 		return
 	}
-	var trial [maxDoors]progress
-	ps := s.progress(i, len(t.doors))
-	copy(trial[:], ps)
+	trial := out.trial
+	copy(trial, s.progress(i, len(t.doors)))
 	cut := 0
 	for j := 0; j < int(c.npending) && cut == 0; j++ {
 		for d := range t.doors {
@@ -3187,6 +3190,7 @@ func (s *server) closeKnockPorts() {
 }
 
 // reply sends a datagram from a knock port: the bound socket, or a raw socket in capture mode.
+// When the hook has closed the knock ports, a socket is opened for the one datagram.
 func (s *server) reply(port uint16, to netip.AddrPort, from netip.Addr, payload []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -3195,7 +3199,34 @@ func (s *server) reply(port uint16, to netip.AddrPort, from netip.Addr, payload 
 			return err
 		}
 	}
-	return fmt.Errorf("knock port %d is closed", port)
+	if s.cfg.capture {
+		network, fam := "ip6:udp", syscall.AF_INET6
+		if to.Addr().Is4() {
+			network, fam = "ip4:udp", syscall.AF_INET
+		}
+		conn, err := net.ListenIP(network, nil)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		r := &rawSource{conn: conn, fam: fam, proto: protoUDP}
+		if rc, err := conn.SyscallConn(); err == nil && fam == syscall.AF_INET6 {
+			_ = setSockopt(rc, ipprotoIPv6, ipv6Checksum, 6)
+		}
+		_, err = r.reply(port, to, from, payload)
+		return err
+	}
+	local := netip.AddrPortFrom(netip.IPv6Unspecified(), port)
+	if from.IsValid() {
+		local = netip.AddrPortFrom(from, port)
+	}
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(local))
+	if err != nil {
+		return fmt.Errorf("knock port %d is closed and cannot be bound for the reply: %v", port, syscallCause(err))
+	}
+	defer conn.Close()
+	_, err = conn.WriteToUDPAddrPort(payload, to)
+	return err
 }
 
 // janitor runs the periodic work that must not wait for the next knock.
@@ -3469,6 +3500,7 @@ type hookRuntime struct {
 	lastUnlock atomic.Int64     // when on_unlock last started (unix ns)
 	latency    latencyHistogram // from the final knock's receive time to on_unlock's start
 	batch      []event
+	attrs      []slog.Attr // the log line being made: the runtime goroutine's own
 	confirms   []pendingConfirm
 	mac        *macScratch
 	values     luaValues
@@ -3487,7 +3519,7 @@ type luaValues struct {
 	seqs    [][]lua.LValue
 	protos  [2]lua.LValue
 	reasons [len(reasonNames)]lua.LValue
-	ports   map[uint16]lua.LValue
+	ports   []lua.LValue // by port number, filled as they are met
 }
 
 func newHookRuntime(s *server, proto *lua.FunctionProto, dry bool) *hookRuntime {
@@ -3503,18 +3535,14 @@ func newHookRuntime(s *server, proto *lua.FunctionProto, dry bool) *hookRuntime 
 		mac:     newMACScratch(),
 	}
 	v := &h.values
-	v.ports = map[uint16]lua.LValue{}
+	v.ports = make([]lua.LValue, 65536)
 	for _, d := range s.cfg.doors {
 		v.doors = append(v.doors, lua.LString(d.name))
 		var seq []lua.LValue
 		for _, p := range d.seq {
-			seq = append(seq, lua.LNumber(p.port))
-			v.ports[p.port] = lua.LNumber(p.port)
+			seq = append(seq, h.portValue(p.port))
 		}
 		v.seqs = append(v.seqs, seq)
-	}
-	for _, p := range s.cfg.decoys {
-		v.ports[p.port] = lua.LNumber(p.port)
 	}
 	v.protos = [2]lua.LValue{lua.LString("udp"), lua.LString("tcp")}
 	for i, r := range reasonNames {
@@ -3638,12 +3666,14 @@ func doorNames(doors []door) string {
 }
 
 // callTimer cancels a hook call, and what it runs, at the hook timeout. It keeps one context
-// until a call times out, and one timer, so a call allocates nothing for it.
+// until a call times out, and one timer that stays armed while calls follow each other, so a
+// call costs it two atomic stores.
 type callTimer struct {
 	mu       sync.Mutex
 	ctx      context.Context
 	cancel   context.CancelFunc
-	deadline time.Time
+	deadline atomic.Int64 // of the call running now (unix ns); 0 when none
+	armed    bool
 	timer    *time.Timer
 }
 
@@ -3656,29 +3686,37 @@ func newCallTimer() *callTimer {
 }
 
 func (t *callTimer) begin(timeout time.Duration) context.Context {
+	deadline := time.Now().Add(timeout).UnixNano()
 	t.mu.Lock()
 	if t.ctx.Err() != nil {
 		t.ctx, t.cancel = context.WithCancel(context.Background())
 	}
-	t.deadline = time.Now().Add(timeout)
 	ctx := t.ctx
+	t.deadline.Store(deadline)
+	if !t.armed {
+		t.armed = true
+		t.timer.Reset(timeout)
+	}
 	t.mu.Unlock()
-	t.timer.Reset(timeout)
 	return ctx
 }
 
-func (t *callTimer) end() {
-	t.timer.Stop()
-	t.mu.Lock()
-	t.deadline = time.Time{}
-	t.mu.Unlock()
-}
+func (t *callTimer) end() { t.deadline.Store(0) }
 
+// expire cancels the call running now if it is past its deadline, or waits for that deadline,
+// or, with no call running, disarms.
 func (t *callTimer) expire() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if !t.deadline.IsZero() && !time.Now().Before(t.deadline) {
+	d := t.deadline.Load()
+	switch now := time.Now().UnixNano(); {
+	case d == 0:
+		t.armed = false
+	case now >= d:
 		t.cancel()
+		t.armed = false
+	default:
+		t.timer.Reset(time.Duration(d - now))
 	}
 }
 
@@ -3828,6 +3866,9 @@ func (h *hookRuntime) stop() {
 // dispatch logs an event and calls its door's handler; it reports whether the call succeeded.
 func (h *hookRuntime) dispatch(e *event) bool {
 	d := h.srv.cfg.doors[e.door]
+	ip := e.from.addr().String()
+	user := h.userOf(e)
+	a := h.attrs[:0]
 	switch e.kind {
 	case eventUnlock:
 		if d.oneTime != "" {
@@ -3837,31 +3878,44 @@ func (h *hookRuntime) dispatch(e *event) bool {
 		h.unlocks.Add(1)
 		h.lastUnlock.Store(now)
 		h.latency.record(now - e.ts)
-		attrs := []slog.Attr{slog.String("event", "unlock"), slog.String("door", d.name), slog.String("ip", e.from.addr().String()),
-			slog.Int("port", int(e.port.port)), slog.String("proto", e.port.proto.String()), slog.Int("source_port", int(e.srcPort)),
-			slog.String("elapsed", time.Duration(e.elapsed).Round(time.Microsecond).String())}
-		if user := h.userOf(e); user != "" {
-			attrs = append(attrs, slog.String("user", user))
+		a = append(a, slog.String("event", "unlock"), slog.String("door", d.name), slog.String("ip", ip), slog.Int("port", int(e.port.port)),
+			slog.String("proto", e.port.proto.String()), slog.Int("source_port", int(e.srcPort)), slog.Duration("elapsed", time.Duration(e.elapsed)))
+		if user != "" {
+			a = append(a, slog.String("user", user))
 		}
-		h.log.LogAttrs(context.Background(), slog.LevelInfo, "unlock", attrs...)
+		h.logRecord(now, "unlock", a)
 	case eventFail:
 		if h.failLog.allow(time.Now()) {
-			h.log.LogAttrs(context.Background(), slog.LevelInfo, "knock failed", slog.String("event", "fail"), slog.String("door", d.name),
-				slog.String("ip", e.from.addr().String()), slog.Int("port", int(e.port.port)), slog.String("proto", e.port.proto.String()),
-				slog.String("reason", e.reason.String()))
+			a = append(a, slog.String("event", "fail"), slog.String("door", d.name), slog.String("ip", ip), slog.Int("port", int(e.port.port)),
+				slog.String("proto", e.port.proto.String()), slog.String("reason", e.reason.String()))
+			h.logRecord(time.Now().UnixNano(), "knock failed", a)
 		}
 	case eventKnock:
 		if h.srv.cfg.verbose {
-			h.log.LogAttrs(context.Background(), slog.LevelInfo, "knock", slog.String("event", "knock"), slog.String("ip", e.from.addr().String()),
-				slog.Int("port", int(e.port.port)), slog.String("proto", e.port.proto.String()), slog.Int("source_port", int(e.srcPort)))
+			a = append(a, slog.String("event", "knock"), slog.String("ip", ip), slog.Int("port", int(e.port.port)),
+				slog.String("proto", e.port.proto.String()), slog.Int("source_port", int(e.srcPort)))
+			h.logRecord(time.Now().UnixNano(), "knock", a)
 		}
 	}
+	h.attrs = a
 	kind := hookOfEvent[e.kind]
 	fn := h.hook.doors[e.door][kind]
 	if fn == nil {
 		return true
 	}
-	return h.call(hookNames[kind], h.hook, fn, h.eventTable(h.hook.L, e)) == nil
+	return h.call(hookNames[kind], h.hook, fn, h.eventTable(h.hook.L, e, ip, user)) == nil
+}
+
+// logRecord logs at info level without asking the runtime for the caller's program counter,
+// which slog's Logger methods do on every line.
+func (h *hookRuntime) logRecord(unixNano int64, msg string, attrs []slog.Attr) {
+	handler := h.log.Handler()
+	if !handler.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
+	r := slog.NewRecord(time.Unix(0, unixNano), slog.LevelInfo, msg, 0)
+	r.AddAttrs(attrs...)
+	_ = handler.Handle(context.Background(), r)
 }
 
 // nextSequence uses up a one-time door's sequence, as knockd does, and sets the next one.
@@ -3895,11 +3949,11 @@ func (h *hookRuntime) userOf(e *event) string {
 }
 
 // eventTable is the ev argument of a hook call: a fresh table each time (a hook may keep it).
-func (h *hookRuntime) eventTable(L *lua.LState, e *event) *lua.LTable {
+func (h *hookRuntime) eventTable(L *lua.LState, e *event, ip, user string) *lua.LTable {
 	v := &h.values
 	t := L.CreateTable(0, 10)
-	t.RawSetString("ip", lua.LString(e.from.addr().String()))
-	t.RawSetString("source_port", lua.LNumber(e.srcPort))
+	t.RawSetString("ip", lua.LString(ip))
+	t.RawSetString("source_port", h.portValue(e.srcPort))
 	t.RawSetString("port", h.portValue(e.port.port))
 	t.RawSetString("proto", v.protos[e.port.proto&1])
 	t.RawSetString("door", v.doors[e.door])
@@ -3910,7 +3964,7 @@ func (h *hookRuntime) eventTable(L *lua.LState, e *event) *lua.LTable {
 	t.RawSetString("sequence", seq)
 	t.RawSetString("time", lua.LNumber(float64(e.ts)/1e9))
 	t.RawSetString("elapsed", lua.LNumber(float64(e.elapsed)/1e9))
-	if user := h.userOf(e); user != "" {
+	if user != "" {
 		t.RawSetString("user", lua.LString(user))
 	}
 	if e.kind == eventFail {
@@ -3919,11 +3973,12 @@ func (h *hookRuntime) eventTable(L *lua.LState, e *event) *lua.LTable {
 	return t
 }
 
+// portValue is a port as a Lua number, made once per port.
 func (h *hookRuntime) portValue(p uint16) lua.LValue {
-	if v, ok := h.values.ports[p]; ok {
-		return v
+	if h.values.ports[p] == nil {
+		h.values.ports[p] = lua.LNumber(p)
 	}
-	return lua.LNumber(p)
+	return h.values.ports[p]
 }
 
 // call runs one hook function; a failure is logged and the server goes on.
