@@ -3,6 +3,8 @@
 #
 #   scan before -> wrong order (locked) -> knock interrupted by the timeout (locked)
 #   -> correct knock -> scan after (8080 open, knock ports closed) -> a request to 8080
+#   -> as root, capture mode: a second server whose knock ports (TCP and UDP) scan like every
+#      other closed port, unlocked by a TCP knock -> a request to its service on 8081
 #
 # It builds knockknock once, starts it with the default hook, and stops it on any exit. Each step
 # is checked; the first that does not hold ends the demo with a non-zero exit. It uses nmap where
@@ -27,11 +29,14 @@ ports="$k1,$k2,$k3"
 
 work=$(mktemp -d)
 server_pid=
+capture_pid=
 cleanup() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  for pid in $server_pid $capture_pid; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -41,10 +46,12 @@ step() { printf '\n== %s\n' "$*"; }
 say() { printf '   %s\n' "$*"; }
 fail() {
   printf '\nFAILED: %s\n' "$*" >&2
-  if [ -f "$work/server.log" ]; then
-    printf -- '--- server log\n' >&2
-    cat "$work/server.log" >&2
-  fi
+  for log in server capture; do
+    if [ -f "$work/$log.log" ]; then
+      printf -- '--- %s log\n' "$log" >&2
+      cat "$work/$log.log" >&2
+    fi
+  done
   exit 1
 }
 
@@ -154,5 +161,66 @@ say "curl http://$host:$service/"
 reply=$(curl -s --max-time 5 "http://$host:$service/") || fail "no answer from port $service"
 say "$reply"
 case "$reply" in *"$host"*) ;; *) fail "unexpected answer: $reply" ;; esac
+
+# Capture mode needs CAP_NET_RAW: as root only. The second server reads its knocks from raw
+# sockets, binds nothing, and leaves the kernel to answer its knock ports as it answers any
+# closed port; knockd's TCP knock client (or knockknock's) opens it.
+if [ "$(id -u)" -eq 0 ]; then
+  c1=7000 c2=9000 c3=8000 unused=7500 cservice=8081
+  step "Capture mode (root): a second server, knock ports $c1/tcp, $c2/udp, $c3/tcp, service on $cservice"
+  "$work/knockknock" --capture --door "ssh=$c1:tcp,$c2:udp,$c3:tcp" --hook-arg "port=$cservice" >"$work/capture.log" 2>&1 &
+  capture_pid=$!
+  for _ in $(seq 100); do
+    grep -q 'msg=listening' "$work/capture.log" && break
+    kill -0 "$capture_pid" 2>/dev/null || fail "the capture server did not start"
+    sleep 0.05
+  done
+  grep -q 'msg=listening' "$work/capture.log" || fail "the capture server is not listening"
+  say "listening (pid $capture_pid): $(grep -m1 -o 'mode=capture' "$work/capture.log")"
+
+  if command -v nmap >/dev/null 2>&1; then
+    step "Scan before the knock, with nmap -sS and -sU (one port per run, the sequence backwards)"
+    cstate() { # PORT tcp|udp
+      local flag=-sU
+      [ "$2" = tcp ] && flag=-sS
+      nmap -n -Pn "$flag" -p "$1" "$host" 2>/dev/null | awk -v p="$1/$2" '$1 == p { print $2 }'
+    }
+    for probe in "$unused tcp" "$unused udp" "$c3 tcp" "$c2 udp" "$c1 tcp"; do
+      set -- $probe
+      got=$(cstate "$1" "$2")
+      role="knock port"
+      [ "$1" = "$unused" ] && role="unused"
+      say "$(printf '%-9s %-7s (%s)' "$1/$2" "$got" "$role")"
+      [ "$got" = closed ] || fail "$1/$2 is ${got:-unknown}: a knock port must look like every other closed port"
+    done
+  else
+    step "Before the knock, with ss (nmap is not installed): nothing is bound on the knock ports"
+    if ss -Hlntu "( sport = :$c1 or sport = :$c2 or sport = :$c3 )" | grep -q .; then
+      fail "a socket is bound on a knock port"
+    fi
+    say "no socket on $c1, $c2 or $c3: the kernel answers them as closed ports"
+  fi
+  if grep -q 'msg=unlock' "$work/capture.log"; then
+    fail "the scans unlocked the capture server"
+  fi
+  say "the scans did not unlock it"
+
+  if knockd_knock=$(type -P knock); then # not the knock function above
+    step "Knock over TCP with knockd's client: knock $host $c1 $c2:udp $c3"
+    "$knockd_knock" "$host" "$c1" "$c2:udp" "$c3" >/dev/null
+  else
+    step "Knock over TCP with knockknock's client (knockd's is not installed): $c1:tcp $c2 $c3:tcp"
+    "$work/knockknock" knock "$host" "$c1:tcp" "$c2" "$c3:tcp" >/dev/null
+  fi
+  for _ in $(seq 50); do
+    grep -q 'msg="service started"' "$work/capture.log" && break
+    sleep 0.05
+  done
+  grep -q 'msg="service started"' "$work/capture.log" || fail "the TCP knock did not unlock the capture server"
+  say "unlocked: $(grep -m1 'msg=unlock' "$work/capture.log" | sed 's/.*msg=unlock //')"
+  reply=$(curl -s --max-time 5 "http://$host:$cservice/") || fail "no answer from port $cservice"
+  say "curl http://$host:$cservice/: $reply"
+  case "$reply" in *"$host"*) ;; *) fail "unexpected answer: $reply" ;; esac
+fi
 
 step "Done: every step held"

@@ -672,3 +672,63 @@ func TestE2EZeroGapBurstAllUnlock(t *testing.T) {
 		t.Fatalf("%d of %d clients unlocked, %d hook events dropped, failures: %v", stopped.Unlocks, clients, stopped.Dropped, strings.Contains(p.stderr.String(), `"event":"fail"`))
 	}
 }
+
+// A hook command that starts its own session, or daemonizes, is still ended at the hook
+// timeout: the server is the subreaper of what its hooks run (Linux). One started on purpose that
+// returns in time keeps running.
+func TestE2EHookTimeoutEndsDetachedCommands(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("SKIP: the subreaper is Linux-only")
+	}
+	dir := t.TempDir()
+	hook := filepath.Join(dir, "detach.lua")
+	os.WriteFile(hook, []byte(`
+calls = 0
+function on_unlock(ev)
+  calls = calls + 1
+  local dir = knock.args.dir
+  if calls == 1 then
+    -- leaves its process group with setsid, then hangs past the timeout
+    knock.exec("sh", "-c", "setsid sleep 301 & echo $! > " .. dir .. "/setsid.pid; sleep 30")
+  elseif calls == 2 then
+    -- daemonizes (fork, setsid, fork; the middle process exits), then hangs
+    knock.exec("sh", "-c", "(setsid sh -c 'sleep 302 & echo $! > " .. dir .. "/daemon.pid' &); sleep 30")
+  else
+    -- a daemon started on purpose, its output closed, returning in time
+    knock.exec("sh", "-c", "(setsid sh -c 'sleep 303 >/dev/null 2>&1 & echo $! > " .. dir .. "/kept.pid' >/dev/null 2>&1 &)")
+  end
+end
+`), 0o644)
+	ports := []uint16{freePort(t), freePort(t)}
+	p := startServer(t, "-p", portList(ports), "--hook", hook, "--hook-arg", "dir="+dir, "--hook-timeout", "1s")
+	pidOf := func(name string) int {
+		var pid int
+		waitFor(t, name, func() bool {
+			b, _ := os.ReadFile(filepath.Join(dir, name))
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+			return pid > 0
+		})
+		return pid
+	}
+	alive := func(pid int) bool { // a zombie counts as gone
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		return err == nil && !strings.Contains(string(b), ") Z ")
+	}
+	for i, name := range []string{"setsid.pid", "daemon.pid", "kept.pid"} {
+		knockWith(t, "-p", portList(ports), "127.0.0.1")
+		pid := pidOf(name)
+		if i < 2 {
+			waitFor(t, name+" ended at the hook timeout", func() bool { return !alive(pid) })
+			waitFor(t, name+" reaped", func() bool { _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); return err != nil })
+		} else {
+			time.Sleep(1500 * time.Millisecond)
+			if !alive(pid) {
+				t.Fatalf("a daemon started on purpose, by a call that returned in time, was killed")
+			}
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if n := strings.Count(p.stderr.String(), "cancelled after 1s (--hook-timeout)"); n != 2 {
+		t.Errorf("%d cancellations logged, want 2", n)
+	}
+}

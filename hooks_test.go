@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -388,7 +389,8 @@ func portFree(port uint16) bool {
 }
 
 func TestShippedHooksLoad(t *testing.T) {
-	for _, path := range []string{"hooks/unlock.lua", "hooks/allow-client.lua", "hooks/log-only.lua", "hooks/nftables.lua", "hooks/iptables.lua", "scripts/bench.lua", "testdata/record.lua"} {
+	for _, path := range []string{"hooks/unlock.lua", "hooks/allow-client.lua", "hooks/log-only.lua", "hooks/nftables.lua", "hooks/iptables.lua",
+		"hooks/ssh-doors.lua", "hooks/knockd.lua", "scripts/bench.lua", "testdata/record.lua"} {
 		src, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
@@ -401,6 +403,9 @@ func TestShippedHooksLoad(t *testing.T) {
 			t.Fatalf("%s: %v", path, err)
 		}
 		s := &server{cfg: testConfig(1, 2), log: slog.New(slog.DiscardHandler)}
+		if path == "hooks/ssh-doors.lua" {
+			s.cfg.doors = []door{testDoor("openSSH", 1, 2), testDoor("closeSSH", 2, 1)}
+		}
 		s.cfg.hookTimeout, s.cfg.hookName = time.Second, path
 		if _, err := newHookRuntime(s, proto, true).load(proto); err != nil {
 			t.Errorf("%s: %v", path, err)
@@ -408,6 +413,9 @@ func TestShippedHooksLoad(t *testing.T) {
 	}
 	if embedded, _ := os.ReadFile(defaultHookPath); !bytes.Equal(embedded, embeddedHook) {
 		t.Error("the embedded default hook differs from hooks/unlock.lua")
+	}
+	if embedded, _ := os.ReadFile(defaultKnockdHook); !bytes.Equal(embedded, embeddedKnockdHook) {
+		t.Error("the embedded knockd hook differs from hooks/knockd.lua")
 	}
 }
 
@@ -447,5 +455,52 @@ func TestFailureLogIsRateLimited(t *testing.T) {
 	}
 	if s.global("fails") != lua.LNumber(1000) {
 		t.Fatalf("on_fail saw %v of 1000 failures", s.global("fails"))
+	}
+}
+
+// The shipped SSH doors hook: a handler per door, without an if-chain, and a clear error for a
+// door without one. nft is replaced by a script that records its arguments.
+func TestSSHDoorsHook(t *testing.T) {
+	dir := t.TempDir()
+	calls := filepath.Join(dir, "calls")
+	fake := filepath.Join(dir, "nft")
+	os.WriteFile(fake, []byte("#!/bin/sh\nprintf '%s\\n' \"$*\" >> "+calls+"\n"), 0o755)
+	src, err := os.ReadFile("hooks/ssh-doors.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := mustLuaServer(t, string(src), func(c *config) {
+		c.doors = []door{testDoor("openSSH", 7000, 8000, 9000), testDoor("closeSSH", 9000, 8000, 7000)}
+		c.hookArgs = [][2]string{{"nft", fake}}
+	})
+	if err := s.hooks.start(s.hook, "start"); err != nil {
+		t.Fatal(err)
+	}
+	go s.hooks.run(s.hook)
+	s.hooks.queue.push([]event{
+		{kind: eventUnlock, door: 0, from: key("192.0.2.7"), port: up(9000)},
+		{kind: eventUnlock, door: 1, from: key("2001:db8::7"), port: up(7000)},
+	})
+	waitFor(t, "both doors' handlers", func() bool { return strings.Count(s.logs.String(), "ssh-doors: ") >= 3 })
+	s.hooks.stop()
+	b, _ := os.ReadFile(calls)
+	got := string(b)
+	for _, want := range []string{"drop", "add element inet knockknock_ssh allowed4 { 192.0.2.7 timeout 8h }",
+		"delete element inet knockknock_ssh allowed6 { 2001:db8::7 }", "flush set inet knockknock_ssh allowed4"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("nft calls lack %q:\n%s", want, got)
+		}
+	}
+	// A door the hook has no handler for, and a handler for no door (a typo), are errors at
+	// load that name them.
+	_, err = newLuaServer(t, string(src), func(c *config) {
+		c.doors = []door{testDoor("openSSH", 7000, 8000), testDoor("closeSSH", 8000, 7000), testDoor("https", 1, 2)}
+	})
+	if err == nil || !strings.Contains(err.Error(), "no on_unlock for door https") {
+		t.Errorf("a door without a handler: %v", err)
+	}
+	_, err = newLuaServer(t, string(src), func(c *config) { c.doors = []door{testDoor("openSSH", 7000, 8000)} })
+	if err == nil || !strings.Contains(err.Error(), "on_unlock[closeSSH]: no door has that name (doors: openSSH)") {
+		t.Errorf("a handler for no door: %v", err)
 	}
 }

@@ -110,7 +110,7 @@ type globalOptions struct {
 	SecretFile   string   `long:"secret-file" value-name:"FILE" description:"shared key: only authenticated knocks count (mode 0600, owned by this user)"`
 	Keys         string   `long:"keys" value-name:"FILE|DIR" description:"per-user keys: 'NAME KEY' lines, or a directory of key files named after their users (mode 0600)"`
 	MaxSkew      string   `long:"max-skew" default:"30s" value-name:"DUR" description:"authenticated knocks: how old or new a client's hello may be"`
-	MaxClients   string   `long:"max-clients" default:"65536" value-name:"N" description:"most clients with an attempt in progress tracked at once; first knocks and challenges get 8 times as many compact slots"`
+	MaxClients   string   `long:"max-clients" default:"65536" value-name:"N" description:"most clients with an attempt in progress tracked at once; first knocks get 8 times as many compact slots, challenges twice as many"`
 	BanAfter     string   `long:"ban-after" default:"0" value-name:"N" description:"ban a source after N failed attempts within --ban-window (0: off)"`
 	BanWindow    string   `long:"ban-window" default:"10m" value-name:"DUR" description:"window in which failed attempts are counted"`
 	BanTime      string   `long:"ban-time" default:"1h" value-name:"DUR" description:"how long a ban lasts"`
@@ -124,7 +124,8 @@ type checkCommand struct{}
 
 type knockCommand struct {
 	Delay string `short:"d" long:"delay" default:"10ms" value-name:"DUR" description:"pause between knocks"`
-	Wait  string `long:"wait" default:"3s" value-name:"DUR" description:"authenticated knocks: how long to wait for the server's confirmation"`
+	Wait   string `long:"wait" default:"3s" value-name:"DUR" description:"authenticated knocks: how long to wait for the server's confirmation"`
+	Expect string `long:"expect-address" value-name:"ADDR|local" description:"authenticated knocks: knock only if the server sees this address (local: this host's own), else exit 1: a relay would show another"`
 	IPv4  bool   `short:"4" description:"knock over IPv4 only"`
 	IPv6  bool   `short:"6" description:"knock over IPv6 only"`
 	Args  struct {
@@ -331,9 +332,6 @@ func buildConfig(o *globalOptions) (*config, error) {
 	if len(c.decoys) > maxDecoys {
 		return nil, usagef("invalid --decoys %q: at most %d ports", o.Decoys, maxDecoys)
 	}
-	if err := c.checkPorts(); err != nil {
-		return nil, err
-	}
 	switch {
 	case o.SecretFile != "" && o.Keys != "":
 		return nil, usagef("--secret-file and --keys exclude each other: one shared key, or one key per user")
@@ -356,6 +354,9 @@ func buildConfig(o *globalOptions) (*config, error) {
 				return nil, usagef("door %s: one-time sequences and %s exclude each other (authenticated knocks cannot be replayed anyway)", d.name, c.keySource.flag)
 			}
 		}
+	}
+	if err := c.checkPorts(); err != nil {
+		return nil, err
 	}
 	hook := o.Hook
 	if hook == "" {
@@ -533,7 +534,7 @@ func (c *config) checkPorts() error {
 		}
 	}
 	for i, a := range c.doors {
-		if msg := scanWarning(a.seq, c.decoys); msg != "" {
+		if msg := scanWarning(a.seq, c.decoys); msg != "" && c.keys == nil { // a scan cannot forge tokens
 			c.warnings = append(c.warnings, fmt.Sprintf("door %s: %s", a.name, msg))
 		}
 		for _, b := range c.doors[i+1:] {
@@ -1153,6 +1154,7 @@ type authState struct {
 	keyID  [8]byte
 	local  addrKey // where the hello was sent: replies come from there
 	issued int64
+	hello  int64  // the hello's client time (unix ms): only a later hello starts a new attempt
 	used   uint64 // positions knocked already: each is accepted once
 }
 
@@ -1197,6 +1199,7 @@ type tracker struct {
 	keys      atomic.Pointer[keyring]
 	maxSkew   int64
 	maxGap    int64 // the longest door timeout: how long a first knock or challenge is kept
+	tcpDecoys bool  // some decoy is a TCP port
 	evicted   atomic.Uint64
 }
 
@@ -1216,6 +1219,9 @@ func newTracker(c *config, emit func([]event)) *tracker {
 		maxSkew: int64(c.maxSkew),
 	}
 	t.keys.Store(c.keys)
+	for _, p := range c.decoys {
+		t.tcpDecoys = t.tcpDecoys || p.proto == protoTCP
+	}
 	for _, d := range c.doors {
 		target := uint8(0)
 		if d.target.IsValid() {
@@ -2055,6 +2061,16 @@ func wireType(b []byte) byte {
 	return b[3]
 }
 
+// zero reports whether b is all zero bytes: padding must be, so that no field hides in it.
+func zero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // helloMAC, challengeMAC, knockMAC and confirmMAC assemble each message's MAC input.
 func helloMAC(m *macScratch, k *macKey, b []byte, dstPort uint16) []byte {
 	in := append(m.buf[:0], msgHello)
@@ -2099,7 +2115,7 @@ type hello struct {
 
 // decodeHello checks a hello's MAC with the key its id names; keys may be nil.
 func decodeHello(b []byte, m *macScratch, keys *keyring, dstPort uint16) (hello, *userKey, dropReason) {
-	if wireType(b) != msgHello {
+	if wireType(b) != msgHello || !zero(b[36:wireMACAt]) {
 		return hello{}, nil, dropMalformed
 	}
 	h := hello{keyID: b[4:12], unixMilli: int64(binary.BigEndian.Uint64(b[12:20])), nonceC: b[20:36]}
@@ -2131,7 +2147,7 @@ type challengeMsg struct {
 
 // decodeChallenge is the client's side: it checks the MAC against the hello it sent.
 func decodeChallenge(b []byte, m *macScratch, k *macKey, nonceC []byte) (challengeMsg, bool) {
-	if wireType(b) != msgChallenge || subtle.ConstantTimeCompare(challengeMAC(m, k, b, nonceC), b[wireMACAt:]) != 1 {
+	if wireType(b) != msgChallenge || !zero(b[38:wireMACAt]) || subtle.ConstantTimeCompare(challengeMAC(m, k, b, nonceC), b[wireMACAt:]) != 1 {
 		return challengeMsg{}, false
 	}
 	seen := netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[20:36])).Unmap(), binary.BigEndian.Uint16(b[36:38]))
@@ -2155,7 +2171,7 @@ type knockToken struct {
 }
 
 func decodeKnock(b []byte) (knockToken, bool) {
-	if wireType(b) != msgKnock {
+	if wireType(b) != msgKnock || !zero(b[13:wireMACAt]) {
 		return knockToken{}, false
 	}
 	return knockToken{keyID: b[4:12], pos: b[12], mac: b[wireMACAt:]}, true
@@ -2177,7 +2193,7 @@ type confirmMsg struct {
 }
 
 func decodeConfirm(b []byte, m *macScratch, k *macKey, nonceS []byte) (confirmMsg, bool) {
-	if wireType(b) != msgConfirm || b[5] > 32 || subtle.ConstantTimeCompare(confirmMAC(m, k, b, nonceS), b[wireMACAt:]) != 1 {
+	if wireType(b) != msgConfirm || b[5] > 32 || !zero(b[6+b[5]:wireMACAt]) || subtle.ConstantTimeCompare(confirmMAC(m, k, b, nonceS), b[wireMACAt:]) != 1 {
 		return confirmMsg{}, false
 	}
 	return confirmMsg{status: b[4], door: string(b[6 : 6+b[5]])}, true
@@ -2204,7 +2220,10 @@ func (t *tracker) hello(from netip.AddrPort, local netip.Addr, h *hello, k *user
 	var st *authState
 	if i, ok := s.index[key]; ok {
 		st = s.authOf(i)
-		if st.issued == 0 || !bytes.Equal(st.nonceC[:], h.nonceC) {
+		if st.issued != 0 && !bytes.Equal(st.nonceC[:], h.nonceC) {
+			if h.unixMilli <= st.hello {
+				return dropReplay // an older hello, captured and sent again, must not reset the attempt
+			}
 			clear(s.progress(i, len(t.doors)))
 			s.slot(i).npending = 0
 			*st = authState{}
@@ -2222,7 +2241,11 @@ func (t *tracker) hello(from netip.AddrPort, local netip.Addr, h *hello, k *user
 				victim = c
 			}
 		}
-		if victim.key != key || !bytes.Equal(victim.state.nonceC[:], h.nonceC) {
+		switch {
+		case victim.key == key && victim.state.issued != 0 && bytes.Equal(victim.state.nonceC[:], h.nonceC):
+		case victim.key == key && victim.state.issued != 0 && h.unixMilli <= victim.state.hello:
+			return dropReplay
+		default:
 			*victim = challenge{key: key}
 		}
 		st = &victim.state
@@ -2232,7 +2255,7 @@ func (t *tracker) hello(from netip.AddrPort, local netip.Addr, h *hello, k *user
 			return dropMalformed
 		}
 		copy(st.nonceC[:], h.nonceC)
-		st.keyID, st.local, st.issued = k.id, keyOf(local), now
+		st.keyID, st.local, st.issued, st.hello = k.id, keyOf(local), now, h.unixMilli
 	}
 	encodeChallenge(reply, m, &k.mac, h.nonceC, st.nonceS[:], from)
 	return dropNone
@@ -2607,7 +2630,10 @@ func (in *intake) check(k *knock, payload []byte, sc *scratch) (int, dropReason)
 		}
 		return wireLen, dropNone
 	case msgKnock:
-		tok, _ := decodeKnock(payload)
+		tok, ok := decodeKnock(payload)
+		if !ok {
+			return 0, dropMalformed
+		}
 		return 0, in.tracker.authKnock(k, &tok, sc.mac, sc.out)
 	case 0:
 		if len(payload) == 0 {
@@ -2766,6 +2792,161 @@ func bindError(proto string, port int, err error) error {
 	return fmt.Errorf("cannot listen on %s port %d: %s", proto, port, why)
 }
 
+// procTracker owns what this process knows of the commands hooks run. On Linux the server is
+// their subreaper (PR_SET_CHILD_SUBREAPER): a command's descendant whose parent exits, as a
+// daemon's does, is adopted by the server instead of by init. So at the hook timeout kill finds
+// and ends a command's whole tree, including what left its process group by setsid or by
+// daemonizing, and reap collects the adopted processes that exit later (a daemon a hook started
+// on purpose, and that returned in time, keeps running). Elsewhere only the group is killed.
+type procTracker struct {
+	mu        sync.Mutex
+	subreaper bool
+	used      bool         // a command has run: there may be orphans to reap
+	waiting   map[int]bool // children an exec.Cmd waits for: never reaped here
+}
+
+var procs = &procTracker{waiting: map[int]bool{}}
+
+const prSetChildSubreaper = 36
+
+// prctlSyscall is SYS_PRCTL on the linux64 architectures.
+var prctlSyscall = map[string]uintptr{"amd64": 157, "arm64": 167, "riscv64": 167, "loong64": 167, "ppc64": 171, "ppc64le": 171, "s390x": 172}[runtime.GOARCH]
+
+// adoptOrphans makes this process the subreaper of its descendants (Linux).
+func (p *procTracker) adoptOrphans() {
+	if !linux64 || prctlSyscall == 0 {
+		return
+	}
+	_, _, errno := syscall.RawSyscall(prctlSyscall, prSetChildSubreaper, 1, 0)
+	p.mu.Lock()
+	p.subreaper = errno == 0
+	p.mu.Unlock()
+}
+
+// start starts cmd and returns its start time (clock ticks since boot, Linux; else 0). The
+// lock keeps reap from taking the new child for an orphan before it is known.
+func (p *procTracker) start(cmd *exec.Cmd) (uint64, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	pid := cmd.Process.Pid
+	p.waiting[pid], p.used = true, true
+	_, started, _ := procStat(pid)
+	return started, nil
+}
+
+func (p *procTracker) done(pid int) {
+	p.mu.Lock()
+	delete(p.waiting, pid)
+	p.mu.Unlock()
+}
+
+// kill ends a command that timed out: its process group, its descendants wherever they are,
+// and, as subreaper, the orphans adopted since it started, with their descendants.
+func (p *procTracker) kill(pid int, started uint64) {
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.subreaper {
+		return
+	}
+	tree := procTree()
+	victims := append([]int{pid}, tree.descendants(pid)...)
+	for _, child := range tree.children[os.Getpid()] {
+		if !p.waiting[child] && tree.start[child] >= started {
+			victims = append(append(victims, child), tree.descendants(child)...)
+		}
+	}
+	for _, v := range victims {
+		_ = syscall.Kill(v, syscall.SIGKILL)
+	}
+}
+
+// reap collects adopted orphans that have exited, so that none stays a zombie.
+func (p *procTracker) reap() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.subreaper || !p.used {
+		return
+	}
+	for _, child := range ownChildren() {
+		if p.waiting[child] {
+			continue
+		}
+		var status syscall.WaitStatus
+		_, _ = syscall.Wait4(child, &status, syscall.WNOHANG, nil)
+	}
+}
+
+// ownChildren lists this process's children, from /proc/self/task/*/children (Linux).
+func ownChildren() []int {
+	var kids []int
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				kids = append(kids, pid)
+			}
+		}
+	}
+	return kids
+}
+
+// processTree is every process's parent and start time, read from /proc at one moment.
+type processTree struct {
+	children map[int][]int
+	start    map[int]uint64
+}
+
+func procTree() processTree {
+	t := processTree{children: map[int][]int{}, start: map[int]uint64{}}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ppid, start, ok := procStat(pid); ok {
+			t.children[ppid] = append(t.children[ppid], pid)
+			t.start[pid] = start
+		}
+	}
+	return t
+}
+
+func (t processTree) descendants(pid int) []int {
+	var out []int
+	for _, c := range t.children[pid] {
+		out = append(append(out, c), t.descendants(c)...)
+	}
+	return out
+}
+
+// procStat reads a process's parent and start time from /proc/PID/stat (Linux).
+func procStat(pid int) (ppid int, start uint64, ok bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, false
+	}
+	i := bytes.LastIndexByte(b, ')') // the command's name may hold spaces and parentheses
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b[i+1:])) // state ppid pgrp session ...; starttime is the 20th
+	if len(f) < 20 {
+		return 0, 0, false
+	}
+	ppid, err1 := strconv.Atoi(f[1])
+	start, err2 := strconv.ParseUint(f[19], 10, 64)
+	return ppid, start, err1 == nil && err2 == nil
+}
+
 // recvmsgBuf is a reusable recvmsg call for raw sockets: its buffers, and a function made once,
 // so that reading a packet allocates nothing.
 type recvmsgBuf struct {
@@ -2907,6 +3088,10 @@ var captureNetworks = []struct {
 }
 
 func (s *server) listenRaw(network string, fam int, p proto, ports []uint16) (*rawSource, error) {
+	prog, err := bpf.Assemble(captureFilter(fam, p, ports, s.tracker))
+	if err != nil {
+		return nil, fmt.Errorf("capture mode cannot build its filter for %s: %v", network, err)
+	}
 	conn, err := net.ListenIP(network, nil)
 	if err != nil {
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
@@ -2919,13 +3104,10 @@ func (s *server) listenRaw(network string, fam int, p proto, ports []uint16) (*r
 		conn.Close()
 		return nil, err
 	}
-	prog, err := bpf.Assemble(captureFilter(fam, p, ports, s.tracker))
-	if err == nil {
-		if fam == syscall.AF_INET {
-			err = ipv4.NewPacketConn(conn).SetBPF(prog)
-		} else {
-			err = ipv6.NewPacketConn(conn).SetBPF(prog)
-		}
+	if fam == syscall.AF_INET {
+		err = ipv4.NewPacketConn(conn).SetBPF(prog)
+	} else {
+		err = ipv6.NewPacketConn(conn).SetBPF(prog)
 	}
 	if err != nil {
 		conn.Close()
@@ -2938,20 +3120,19 @@ func (s *server) listenRaw(network string, fam int, p proto, ports []uint16) (*r
 		s.smallBuffers.Store(int64(got))
 	}
 	r := &rawSource{conn: conn, rc: rc, fam: fam, proto: p, rb: newRecvmsgBuf(), sc: newScratch(len(s.cfg.doors))}
-	r.drain(s)
+	r.drain()
 	return r, nil
 }
 
-// drain discards what the socket queued between its creation and the filter: those packets
-// passed no filter. They are counted as filtered.
-func (r *rawSource) drain(s *server) {
+// drain discards what the socket queued in the moment between its creation and the filter:
+// those packets passed no filter, so they are not looked at, nor counted as knocks' drops.
+func (r *rawSource) drain() {
 	_ = r.rc.Read(func(fd uintptr) bool {
 		for {
 			_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&r.rb.buf[0])), uintptr(len(r.rb.buf)), uintptr(syscall.MSG_DONTWAIT), 0, 0)
 			if errno != 0 {
 				return true
 			}
-			s.intake.drops[dropFiltered].Add(1)
 		}
 	})
 }
@@ -3008,10 +3189,8 @@ func (t *tracker) singleTCPRule(p proto) (tcpFlagRule, bool) {
 			rule, seen = t.doors[d].flags, true
 		}
 	}
-	for pt := range t.roles[protoTCP] {
-		if r := t.roles[protoTCP][pt]; r.decoy && seen && rule != defaultTCPFlags {
-			return tcpFlagRule{}, false
-		}
+	if seen && rule != defaultTCPFlags && t.tcpDecoys {
+		return tcpFlagRule{}, false // TCP decoys count as plain SYNs
 	}
 	return rule, true
 }
@@ -3243,6 +3422,7 @@ func (s *server) janitor(stop <-chan struct{}) {
 		case now := <-tick.C:
 			s.tracker.sweep(now.UnixNano())
 			s.allow.sweep(now.UnixNano())
+			procs.reap()
 			if d := s.hooks.queue.shedTotal(); d != reportedShed {
 				s.log.Warn("hook queue full: events shed, fairly across source prefixes", append([]any{"event", "overload", "shed", d - reportedShed, "total", d}, s.hooks.queue.shedCounts()...)...)
 				reportedShed = d
@@ -3327,16 +3507,20 @@ func newEventQueue(limit int) *eventQueue {
 	return &eventQueue{wake: make(chan struct{}, 1), queues: map[prefixKey]*prefixQueue{}, limit: limit}
 }
 
-// push queues events without ever blocking (the tracker's emit function).
+// push queues events without ever blocking (the tracker's emit function). It wakes the runtime
+// only when the queue was empty: otherwise the runtime is busy and takes them next.
 func (q *eventQueue) push(events []event) {
 	q.mu.Lock()
+	wasEmpty := q.total == 0
 	for i := range events {
 		q.push1(&events[i])
 	}
 	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
+	if wasEmpty {
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -4011,19 +4195,12 @@ func (h *hookRuntime) replaceState() {
 	h.log.Warn("hook state replaced after a runtime panic: its globals were reset", "event", "hook_reload")
 }
 
-// reload re-reads the hook file, and the keys. The new hook's on_start("reload") runs first:
-// if it fails, the new hook is dropped and the old one goes on, its rules in place. Only then
-// does the old hook's on_stop("reload") run. Callbacks the old state scheduled with
-// knock.after still run, in the old state.
+// reload re-reads the hook file. The new hook's on_start("reload") runs first: if it fails,
+// the new hook is dropped and the old one goes on, its rules in place. Only then does the old
+// hook's on_stop("reload") run. Callbacks the old state scheduled with knock.after still run,
+// in the old state.
 func (h *hookRuntime) reload() error {
 	cfg := h.srv.cfg
-	if cfg.keySource.flag != "" {
-		keys, err := loadKeys(cfg.keySource)
-		if err != nil {
-			return fmt.Errorf("%s: %v", cfg.keySource.flag, err)
-		}
-		h.srv.tracker.keys.Store(keys)
-	}
 	if cfg.hookPath == "" {
 		return nil // an embedded hook has no file to read again
 	}
@@ -4040,11 +4217,27 @@ func (h *hookRuntime) reload() error {
 		return err
 	}
 	if err := h.start(fresh, "reload"); err != nil {
-		return fmt.Errorf("the new hook's on_start failed, the old hook goes on: %v", err)
+		return fmt.Errorf("the new hook's on_start failed: %v", err)
 	}
 	h.call("on_stop", h.hook, h.hook.stop, lua.LString("reload"))
 	h.proto, h.hook = proto, fresh
 	return nil
+}
+
+// reloadKeys reads the keys again, on their own: a revocation must not depend on the hook file
+// being good. A keys file that does not load leaves the running keys in place.
+func (s *server) reloadKeys() {
+	src := s.cfg.keySource
+	if src.flag == "" {
+		return
+	}
+	keys, err := loadKeys(src)
+	if err != nil {
+		s.log.Error("keys reload failed; the running keys stay in force", "event", "keys_reload", "err", oneLine(err.Error()))
+		return
+	}
+	s.tracker.keys.Store(keys)
+	s.log.Info("keys reloaded", "event", "keys_reload", "keys", len(keys.byID), "from", src.path)
 }
 
 // requestReload asks the runtime goroutine to reload and waits for the answer.
@@ -4379,9 +4572,9 @@ func (h *hookRuntime) luaOSExecute(L *lua.LState) int {
 	return 1
 }
 
-// runCommand runs cmd in a process group of its own and kills the group when the hook call is
-// cancelled. A command that leaves the group (setsid, daemonizing) is not killed: it outlives
-// the call, as README says.
+// runCommand runs cmd in a process group of its own. When the hook call is cancelled it kills
+// the group and, on Linux, every process the command started, even one that left the group
+// (setsid, daemonizing): see procTracker.
 func runCommand(L *lua.LState, cmd *exec.Cmd) int {
 	ctx := L.Context()
 	if ctx == nil {
@@ -4391,12 +4584,14 @@ func runCommand(L *lua.LState, cmd *exec.Cmd) int {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.WaitDelay = time.Second
-	if err := cmd.Start(); err != nil {
+	started, err := procs.start(cmd)
+	if err != nil {
 		return pushError(L, err)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
-	err := cmd.Wait()
+	stop := context.AfterFunc(ctx, func() { procs.kill(cmd.Process.Pid, started) })
+	err = cmd.Wait()
 	stop()
+	procs.done(cmd.Process.Pid)
 	if ctx.Err() != nil {
 		L.RaiseError("%s cancelled at the hook timeout", cmd.Path)
 	}
@@ -5143,7 +5338,10 @@ type knockPlan struct {
 	ports   []portSpec
 	delay   time.Duration
 	wait    time.Duration
-	key     *userKey // nil: plain knocks
+	key     *userKey   // nil: plain knocks
+	expect  netip.Addr // --expect-address: the address the server must see
+	local   bool       // --expect-address local
+	warn    io.Writer  // where a warning goes
 }
 
 func newKnockPlan(cl *commandLine) (*knockPlan, error) {
@@ -5196,6 +5394,15 @@ func newKnockPlan(cl *commandLine) (*knockPlan, error) {
 			return nil, usagef("invalid --secret-file: %v", err)
 		}
 		plan.key = newUserKey("", secret)
+		switch e := k.Expect; {
+		case e == "local":
+			plan.local = true
+		case e != "":
+			if plan.expect, err = netip.ParseAddr(strings.Trim(e, "[]")); err != nil {
+				return nil, usagef("invalid --expect-address %q: want an IP address or local", e)
+			}
+			plan.expect = plan.expect.Unmap()
+		}
 		for _, p := range plan.ports {
 			if p.proto == protoTCP {
 				return nil, usagef("knock: authenticated knocks are UDP datagrams: %s cannot carry a token", p)
@@ -5260,10 +5467,10 @@ func (k *knockPlan) send(ctx context.Context) (knockResult, error) {
 // tcpKnock sends one SYN: a non-blocking connect, then close before any answer. Closing a
 // socket whose handshake has not completed sends nothing more.
 func tcpKnock(dst netip.Addr, port uint16) error {
-	fam := syscall.AF_INET
-	var sa syscall.Sockaddr = &syscall.SockaddrInet4{Port: int(port), Addr: dst.As4()}
-	if dst.Is6() {
-		fam, sa = syscall.AF_INET6, &syscall.SockaddrInet6{Port: int(port), Addr: dst.As16()}
+	fam := syscall.AF_INET6
+	var sa syscall.Sockaddr = &syscall.SockaddrInet6{Port: int(port), Addr: dst.As16()}
+	if dst.Is4() {
+		fam, sa = syscall.AF_INET, &syscall.SockaddrInet4{Port: int(port), Addr: dst.As4()}
 	}
 	fd, err := syscall.Socket(fam, syscall.SOCK_STREAM, 0)
 	if err != nil {
@@ -5311,6 +5518,9 @@ func (k *knockPlan) authenticated(conn *net.UDPConn, res *knockResult) error {
 		}
 	}
 	res.seen = chal.seen
+	if err := k.checkSeen(res.dst, first, chal.seen.Addr()); err != nil {
+		return err
+	}
 	for i, port := range k.ports {
 		if i > 0 && k.delay > 0 {
 			time.Sleep(k.delay)
@@ -5334,6 +5544,50 @@ func (k *knockPlan) authenticated(conn *net.UDPConn, res *knockResult) error {
 		return fmt.Errorf("%s: the server's hook failed to open door %s for %s (see the server's log)", res.dst, conf.door, chal.seen.Addr())
 	}
 	return nil
+}
+
+// checkSeen compares the address the server saw with the one this host knocks from. Behind a
+// NAT they differ, and that is fine; but a host with a public address of its own that is seen as
+// another has someone relaying its knocks, and the door would open for the relay. With
+// --expect-address that is an error, before any knock is sent; without, a warning.
+func (k *knockPlan) checkSeen(dst netip.Addr, first netip.AddrPort, seen netip.Addr) error {
+	local := localAddrFor(first)
+	want := k.expect
+	if k.local {
+		want = local
+	}
+	if want.IsValid() && seen != want {
+		return fmt.Errorf("the server sees this client as %s, not %s: a NAT or a relay is on the way; not knocking (--expect-address)", seen, want)
+	}
+	if !want.IsValid() && public(local) && seen != local && k.warn != nil {
+		fmt.Fprintf(k.warn, "knockknock: warning: %s sees this client as %s, not as its own public address %s: a relay may be on the way (--expect-address local refuses to knock then)\n", dst, seen, local)
+	}
+	return nil
+}
+
+// localAddrFor is the source address this host uses to reach dst (a connected UDP socket sends
+// nothing).
+func localAddrFor(dst netip.AddrPort) netip.Addr {
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
+	if err != nil {
+		return netip.Addr{}
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
+}
+
+// public reports whether an address is globally routable: not private, loopback, link-local,
+// shared (100.64.0.0/10, carrier-grade NAT) or a documentation range.
+func public(a netip.Addr) bool {
+	if !a.IsValid() || !a.IsGlobalUnicast() || a.IsPrivate() {
+		return false
+	}
+	for _, p := range []string{"100.64.0.0/10", "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"} {
+		if netip.MustParsePrefix(p).Contains(a) {
+			return false
+		}
+	}
+	return true
 }
 
 // receive reads datagrams from want until one is accepted or the deadline passes.
@@ -5402,6 +5656,7 @@ func runKnock(cl *commandLine, stdout, stderr io.Writer) int {
 	if err != nil {
 		return report(err, stdout, stderr)
 	}
+	plan.warn = stderr
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	res, err := plan.send(ctx)
@@ -5712,9 +5967,6 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, lw *logWrite
 		return report(err, stdout, stderr)
 	}
 	if cfg.knockd != nil {
-		for _, note := range knockdNotes(cfg.knockd) {
-			log.Info(note, "event", "start")
-		}
 		if cfg.knockd.iface != "" && len(cfg.listen) == 0 {
 			addrs, err := interfaceAddrs(cfg.knockd.iface)
 			if err != nil {
@@ -5723,6 +5975,7 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, lw *logWrite
 			cfg.listen = addrs
 		}
 	}
+	procs.adoptOrphans()
 	s := newServer(cfg, log, proto)
 	hook, err := s.hooks.load(proto)
 	if err != nil {
@@ -5763,6 +6016,11 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, lw *logWrite
 	for _, msg := range cfg.warnings {
 		log.Warn(msg, "event", "start")
 	}
+	if cfg.knockd != nil {
+		for _, note := range knockdNotes(cfg.knockd) {
+			log.Info(note, "event", "start")
+		}
+	}
 	doors := make([]string, len(cfg.doors))
 	for i, d := range cfg.doors {
 		doors[i] = d.name + "=" + formatSpecs(d.seq)
@@ -5774,8 +6032,9 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, lw *logWrite
 			log.Info("shutting down", "event", "stop", "signal", sig.String())
 			break
 		}
+		s.reloadKeys()
 		if err := s.hooks.requestReload(); err != nil {
-			log.Error("reload failed; keeping the running hook and keys", "event", "hook_reload", "err", oneLine(err.Error()))
+			log.Error("hook reload failed; the running hook goes on", "event", "hook_reload", "err", oneLine(err.Error()))
 		} else {
 			log.Info("hook reloaded", "event", "hook_reload", "hook", cfg.hookName)
 		}

@@ -723,13 +723,16 @@ func TestEventQueueIsFairUnderOverload(t *testing.T) {
 	if q.shedTotal() != 4000+2 || q.shed[eventKnock].Load() != 1 {
 		t.Fatalf("shed %d (%d knocks), want 4002: 4000 spoofed unlocks, the knock (never in place of an unlock), and one spoofed unlock for the genuine one", q.shedTotal(), q.shed[eventKnock].Load())
 	}
-	// Prefixes take turns: the genuine client's unlock comes out in the first round.
-	got := q.pop(nil, 64)
-	found := false
-	for _, e := range got {
-		found = found || e.from == key("192.0.2.1") && e.kind == eventUnlock
+	// Prefixes take turns, prefixQuantum events each: the genuine client's unlock comes out in
+	// the first round, within 21 prefixes' worth, not after the 1,000 queued before it.
+	got := q.pop(nil, 1000)
+	at := -1
+	for i, e := range got {
+		if e.from == key("192.0.2.1") && e.kind == eventUnlock {
+			at = i
+		}
 	}
-	if !found {
-		t.Fatal("the genuine unlock did not come out in the first 64 events")
+	if at < 0 || at >= 21*prefixQuantum {
+		t.Fatalf("the genuine unlock came out at position %d of %d, want within the first round (%d)", at, len(got), 21*prefixQuantum)
 	}
 }
