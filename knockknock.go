@@ -10,12 +10,13 @@
 // server sees, and the client gets an authenticated confirmation. --knockd-config serves an
 // existing knockd.conf. README.md is the reference.
 //
-// The file reads in the order data flows: options and configuration; the knock rules and the
-// tracker; tokens (the authenticated wire format and keys); the intake that every knock passes
-// through; platform details; the knock sources (bound sockets, capture) and replies; the hook
-// runtime and the `knock` module; the built-in service; the client; main. Each part says what it
-// owns. Mutable state has one owner: a tracker shard's lock, the hook runtime's goroutine, or
-// the server's lock for listeners and services.
+// The file reads in the order data flows: options and configuration; the knock rules; the
+// knockd.conf reader (text to doors); the tracker and bans; tokens (the authenticated wire
+// format and keys); the intake that every knock passes through; platform details; the knock
+// sources (bound sockets, capture) and replies; the hook runtime and the `knock` module; the
+// built-in service; the client; main. Each part says what it owns. Mutable state has one owner:
+// a tracker or ban shard's lock, the event queue's lock, the hook runtime's goroutine, or the
+// server's lock for sources and services.
 package main
 
 import (
@@ -123,12 +124,12 @@ type serveCommand struct{}
 type checkCommand struct{}
 
 type knockCommand struct {
-	Delay string `short:"d" long:"delay" default:"10ms" value-name:"DUR" description:"pause between knocks"`
+	Delay  string `short:"d" long:"delay" default:"10ms" value-name:"DUR" description:"pause between knocks"`
 	Wait   string `long:"wait" default:"3s" value-name:"DUR" description:"authenticated knocks: how long to wait for the server's confirmation"`
 	Expect string `long:"expect-address" value-name:"ADDR|local" description:"authenticated knocks: knock only if the server sees this address (local: this host's own), else exit 1: a relay would show another"`
-	IPv4  bool   `short:"4" description:"knock over IPv4 only"`
-	IPv6  bool   `short:"6" description:"knock over IPv6 only"`
-	Args  struct {
+	IPv4   bool   `short:"4" description:"knock over IPv4 only"`
+	IPv6   bool   `short:"6" description:"knock over IPv6 only"`
+	Args   struct {
 		Host  string   `positional-arg-name:"HOST"`
 		Ports []string `positional-arg-name:"PORT"`
 	} `positional-args:"yes"`
@@ -904,14 +905,81 @@ type progress struct {
 type pendingKnock struct {
 	ts      int64 // when the kernel received it (unix ns)
 	port    uint16
-	proto   proto
-	flags   uint8 // TCP flags
 	srcPort uint16
-	to      uint8 // which door target it was sent to (index+1 in the tracker's list; 0: none)
-	settled bool  // a compact first knock whose effect has been applied
+	flags   uint8  // TCP flags
+	meta    uint8  // bit 7: settled (a compact first knock whose effect was applied); bit 6: TCP; bits 0-5: target
+	later   uint16 // when the latest duplicate merged into it arrived, as a delay (see encodeDelay); 0: none
 }
 
-func (k *pendingKnock) spec() portSpec { return portSpec{k.port, k.proto} }
+const (
+	metaSettled = 0x80
+	metaTCP     = 0x40
+	metaTarget  = 0x3f
+	maxTargets  = metaTarget // distinct door targets
+)
+
+func newPending(ts int64, p portSpec, flags uint8, srcPort uint16, target uint8) pendingKnock {
+	meta := target & metaTarget
+	if p.proto == protoTCP {
+		meta |= metaTCP
+	}
+	return pendingKnock{ts: ts, port: p.port, srcPort: srcPort, flags: flags, meta: meta}
+}
+
+func (k *pendingKnock) proto() proto {
+	if k.meta&metaTCP != 0 {
+		return protoTCP
+	}
+	return protoUDP
+}
+
+func (k *pendingKnock) spec() portSpec { return portSpec{k.port, k.proto()} }
+
+// target is the index+1 of the door target it was sent to, or 0.
+func (k *pendingKnock) target() uint8 { return k.meta & metaTarget }
+
+func (k *pendingKnock) settled() bool { return k.meta&metaSettled != 0 }
+
+// laterCopy is when the latest duplicate merged into this knock arrived, or 0.
+func (k *pendingKnock) laterCopy() int64 {
+	if k.later == 0 {
+		return 0
+	}
+	return k.ts + decodeDelay(k.later)
+}
+
+// mergeCopy records a duplicate received at ts, before or after this knock: the knock keeps
+// the earlier time, and remembers the latest, so that a knock that turns out to lie between
+// them can put a copy back after itself (see tracker.add).
+func (k *pendingKnock) mergeCopy(ts int64, srcPort uint16) {
+	latest := max(k.laterCopy(), k.ts, ts)
+	if ts < k.ts {
+		k.ts, k.srcPort = ts, srcPort
+	}
+	k.later = 0
+	if latest > k.ts {
+		k.later = encodeDelay(latest - k.ts)
+	}
+}
+
+// encodeDelay stores a positive delay in 16 bits as a small float, rounded up: exact below
+// 2,048 ns, then with 11 significant bits, up to about 73 minutes.
+func encodeDelay(ns int64) uint16 {
+	if ns < 2048 {
+		return uint16(max(ns, 1))
+	}
+	e := bits.Len64(uint64(ns)) - 11
+	m := (ns + int64(1)<<e - 1) >> e
+	if m == 2048 {
+		m, e = 1024, e+1
+	}
+	if e > 31 {
+		return math.MaxUint16
+	}
+	return uint16(e)<<11 | uint16(m)
+}
+
+func decodeDelay(u uint16) int64 { return int64(u&2047) << (u >> 11) }
 
 // rules are one door's semantics, applied to one client's knocks in time order.
 type rules struct {
@@ -944,7 +1012,7 @@ func newRules(d door, target uint8, decoys []portSpec) rules {
 // counts reports whether a knock is one for this door at all: a TCP segment without the
 // door's flags, or a knock sent to another address than the door's target, is not.
 func (r *rules) counts(k *pendingKnock) bool {
-	return (k.proto != protoTCP || r.flags.match(k.flags)) && (r.target == 0 || k.to == r.target)
+	return (k.proto() != protoTCP || r.flags.match(k.flags)) && (r.target == 0 || k.target() == r.target)
 }
 
 // apply evaluates one knock. The verdict says what the knock did; a reason other than
@@ -1056,6 +1124,407 @@ func newPortRoles(doors []door, decoys []portSpec) *portRoles {
 }
 
 func (r *portRoles) of(p portSpec) *portRole { return &r[p.proto&1][p.port] }
+
+// =============================================================================================
+// knockd.conf
+//
+// A pure reader of knockd 0.8's configuration file, following its man page knockd(1) and, where
+// the man page is silent, knockd.c. Where knockd is lax (atoi, mistakes silently ignored), it
+// takes the strict reading and reports an error with its line number.
+const (
+	knockdSeqTimeout = 25 * time.Second // knockd.c SEQ_TIMEOUT
+	knockdCmdTimeout = 10 * time.Second // knockd.c CMD_TIMEOUT
+	knockdMaxName    = 64               // bytes in a door name
+	knockdSpace      = " \t\n\v\f\r"    // what knockd's trim() removes: C isspace
+)
+
+// knockdConfig is what a knockd.conf holds.
+type knockdConfig struct {
+	doors     []door
+	useSyslog bool
+	logFile   string
+	pidFile   string
+	iface     string // [options] Interface
+}
+
+// knockdKey is a key of knockd.conf and how to store its value.
+type knockdKey struct {
+	name, alias string // as the man page spells it; another spelling knockd accepts, or ""
+	door        bool   // a door key, else an [options] key
+	bare        bool   // a lone word, never "key = value"
+	set         func(c *knockdConfig, d *door, v string) error
+}
+
+// knockdKeys lists the keys knockd 0.8 accepts. knockd.c also takes "Timeout", an undocumented
+// alias of Seq_Timeout, and so do we. It takes UseSyslog inside a door too (making it global
+// all the same): we refuse that as misleading. An empty *_6 command is kept, and means "do
+// nothing for IPv6" (knockd(1)); an absent one falls back to the IPv4 command (see endDoor).
+func knockdKeys() []knockdKey {
+	return []knockdKey{
+		{name: "UseSyslog", bare: true, set: func(c *knockdConfig, _ *door, _ string) error { c.useSyslog = true; return nil }},
+		{name: "LogFile", set: func(c *knockdConfig, _ *door, v string) error { return knockdPath(&c.logFile, v) }},
+		{name: "PidFile", set: func(c *knockdConfig, _ *door, v string) error { return knockdPath(&c.pidFile, v) }},
+		{name: "Interface", set: func(c *knockdConfig, _ *door, v string) error { return knockdIface(&c.iface, v) }},
+		{name: "Sequence", door: true, set: func(_ *knockdConfig, d *door, v string) (err error) {
+			if d.oneTime != "" {
+				return errors.New("a door has Sequence or One_Time_Sequences, not both")
+			}
+			d.seq, err = knockdSequence(v)
+			return err
+		}},
+		{name: "One_Time_Sequences", door: true, set: func(_ *knockdConfig, d *door, v string) error {
+			if len(d.seq) > 0 {
+				return errors.New("a door has Sequence or One_Time_Sequences, not both")
+			}
+			return knockdPath(&d.oneTime, v)
+		}},
+		{name: "Seq_Timeout", alias: "Timeout", door: true, set: func(_ *knockdConfig, d *door, v string) error { return knockdSeconds(&d.seqTimeout, v) }},
+		{name: "TCPFlags", door: true, set: func(_ *knockdConfig, d *door, v string) (err error) { d.tcpFlags, err = parseTCPFlags(v); return err }},
+		{name: "Start_Command", alias: "Command", door: true, set: func(_ *knockdConfig, d *door, v string) error { d.action.start = v; return nil }},
+		{name: "Start_Command_6", alias: "Command_6", door: true, set: func(_ *knockdConfig, d *door, v string) error {
+			d.action.start6, d.action.hasStart6 = v, true
+			return nil
+		}},
+		{name: "Stop_Command", door: true, set: func(_ *knockdConfig, d *door, v string) error { d.action.stop = v; return nil }},
+		{name: "Stop_Command_6", door: true, set: func(_ *knockdConfig, d *door, v string) error {
+			d.action.stop6, d.action.hasStop6 = v, true
+			return nil
+		}},
+		{name: "Cmd_Timeout", door: true, set: func(_ *knockdConfig, d *door, v string) error { return knockdSeconds(&d.action.cmdTimeout, v) }},
+		{name: "Target", door: true, set: func(_ *knockdConfig, d *door, v string) error {
+			// knockd compares Target as text with inet_ntop's output, which has no zone.
+			a, err := netip.ParseAddr(v)
+			if err != nil || a.Zone() != "" {
+				return fmt.Errorf("%q is not an IP address (IPv4 or IPv6, without a zone)", v)
+			}
+			d.target = a
+			return nil
+		}},
+	}
+}
+
+// knockdParser holds the state of one parseKnockdConfig call.
+type knockdParser struct {
+	cfg      knockdConfig
+	keys     []knockdKey
+	section  string         // the current section's name; "" before the first one
+	door     *door          // the current door; nil in [options]
+	seen     map[string]int // key name -> its line, in the current section
+	sections map[string]int // lower-case section name -> the line of its header
+}
+
+// parseKnockdConfig reads knockd.conf text. It is a pure function: no file or network access
+// (one_time_sequences only records the path in door.oneTime). Errors are one line, of the
+// form "line N: what is wrong (what is allowed)", naming the offending key, value or flag.
+// A file without doors is valid, as in knockd; the caller decides whether that is useful.
+func parseKnockdConfig(text string) (*knockdConfig, error) {
+	p := &knockdParser{keys: knockdKeys(), sections: map[string]int{}}
+	n := 0
+	for line := range strings.Lines(strings.TrimPrefix(text, "\uFEFF")) {
+		n++
+		if err := p.line(n, strings.Trim(line, knockdSpace)); err != nil {
+			return nil, err
+		}
+	}
+	if err := p.endDoor(); err != nil {
+		return nil, err
+	}
+	return &p.cfg, nil
+}
+
+// line handles line n, trimmed of surrounding white space (and so of a CR before the LF).
+func (p *knockdParser) line(n int, s string) error {
+	switch {
+	case s == "" || s[0] == '#': // only a whole line is a comment: a command may hold '#'
+		return nil
+	case strings.IndexByte(s, 0) >= 0:
+		return fmt.Errorf("line %d: NUL byte (the file must be text)", n)
+	case s[0] == '[':
+		return p.startSection(n, s)
+	}
+	k, v, hasValue := strings.Cut(s, "=") // at the first '=': a value may hold more
+	k, v = strings.Trim(k, knockdSpace), strings.Trim(v, knockdSpace)
+	key, known := p.lookup(k)
+	switch {
+	case p.section == "":
+		return fmt.Errorf("line %d: key %q before any section (start with [options] or [doorname])", n, k)
+	case k == "":
+		return fmt.Errorf("line %d: no key before '=' (key = value)", n)
+	case !known && !hasValue:
+		return fmt.Errorf("line %d: %q has no '=' (key = value, or UseSyslog alone)", n, k)
+	case !known:
+		var names []string
+		for _, key := range p.keys {
+			if key.door == (p.door != nil) {
+				names = append(names, key.name)
+				if key.alias != "" {
+					names = append(names, key.alias)
+				}
+			}
+		}
+		return fmt.Errorf("line %d: unknown key %q in [%s] (known: %s)", n, k, p.section, strings.Join(names, ", "))
+	case key.door && p.door == nil:
+		return fmt.Errorf("line %d: %s belongs in a door section, not in [options]", n, k)
+	case !key.door && p.door != nil:
+		return fmt.Errorf("line %d: %s belongs in [options], not in door [%s]", n, k, p.section)
+	case key.bare && hasValue:
+		return fmt.Errorf("line %d: %s takes no value (write %s alone)", n, k, key.name)
+	case !key.bare && !hasValue:
+		return fmt.Errorf("line %d: %s has no '=' (%s = value)", n, k, key.name)
+	}
+	if first, dup := p.seen[key.name]; dup {
+		return fmt.Errorf("line %d: %s given again in [%s] (first at line %d; once per section, aliases included)", n, k, p.section, first)
+	}
+	p.seen[key.name] = n
+	if err := key.set(&p.cfg, p.door, v); err != nil {
+		return fmt.Errorf("line %d: %s: %v", n, k, err)
+	}
+	return nil
+}
+
+// lookup finds the key named k, ignoring case.
+func (p *knockdParser) lookup(k string) (knockdKey, bool) {
+	for _, key := range p.keys {
+		for _, name := range []string{key.name, key.alias} {
+			if name != "" && knockdEqual(k, name) {
+				return key, true
+			}
+		}
+	}
+	return knockdKey{}, false
+}
+
+// knockdEqual reports whether s is the ASCII word w, ignoring ASCII case as knockd's toupper
+// does. (Equal lengths keep strings.EqualFold from matching the Kelvin sign to 'k', 'ſ' to 's'.)
+func knockdEqual(s, w string) bool { return len(s) == len(w) && strings.EqualFold(s, w) }
+
+// startSection starts the section whose header "[name]" is s, on line n. Only "[options]" is
+// the global section, as in knockd (which compares it case-sensitively); we refuse any other
+// spelling of it rather than take it for a door. A section, door or [options], appears once.
+func (p *knockdParser) startSection(n int, s string) error {
+	if err := p.endDoor(); err != nil {
+		return err
+	}
+	if len(s) < 2 || s[len(s)-1] != ']' {
+		return fmt.Errorf("line %d: section header %q does not end with ']' ([name] alone on its line)", n, s)
+	}
+	name := s[1 : len(s)-1]
+	switch {
+	case name != "options" && knockdEqual(name, "options"):
+		return fmt.Errorf("line %d: section %q: the global section is spelled [options]", n, s)
+	case name != "options" && !knockdDoorName(name):
+		return fmt.Errorf("line %d: bad door name %q (1-%d bytes of printable UTF-8, no spaces or brackets)", n, name, knockdMaxName)
+	}
+	if first, dup := p.sections[strings.ToLower(name)]; dup {
+		return fmt.Errorf("line %d: section [%s] given again (first at line %d; names are case-insensitive)", n, name, first)
+	}
+	p.sections[strings.ToLower(name)] = n
+	p.section, p.seen = name, map[string]int{}
+	if name != "options" {
+		p.door = &door{name: name, line: n, seqTimeout: knockdSeqTimeout, tcpFlags: defaultTCPFlags,
+			action: doorAction{cmdTimeout: knockdCmdTimeout}}
+	}
+	return nil
+}
+
+// endDoor checks and completes the current door, if any, and adds it to the configuration.
+// A door needs a sequence but no command: knockd accepts a door that only logs its opening.
+func (p *knockdParser) endDoor() error {
+	d := p.door
+	if d == nil {
+		return nil
+	}
+	p.door = nil
+	if len(d.seq) == 0 && d.oneTime == "" {
+		return fmt.Errorf("line %d: door [%s] has no sequence (give Sequence or One_Time_Sequences)", d.line, d.name)
+	}
+	d.timeout = d.seqTimeout // knockd limits only the whole sequence, so no gap can exceed it
+	if !d.action.hasStart6 {
+		d.action.start6 = d.action.start
+	}
+	if !d.action.hasStop6 {
+		d.action.stop6 = d.action.stop
+	}
+	p.cfg.doors = append(p.cfg.doors, *d)
+	return nil
+}
+
+// knockdDoorName reports whether name is a valid door name. knockd takes any non-empty text
+// (cut to 127 bytes); we keep names short and easy to log: 1-64 bytes of printable UTF-8,
+// without white space, '[' or ']'.
+func knockdDoorName(name string) bool {
+	return name != "" && len(name) <= knockdMaxName && utf8.ValidString(name) &&
+		!strings.ContainsFunc(name, func(r rune) bool { return r == ' ' || r == '[' || r == ']' || !unicode.IsPrint(r) })
+}
+
+// knockdIface stores a network interface name, valid by Linux's rules (dev_valid_name: at
+// most IFNAMSIZ-1 bytes, not "." or "..", no '/', ':' or white space) and printable ASCII.
+func knockdIface(dst *string, v string) error {
+	bad := v == "" || len(v) > 15 || v == "." || v == ".."
+	for i := 0; i < len(v); i++ {
+		bad = bad || v[i] <= ' ' || v[i] >= 0x7f || v[i] == '/' || v[i] == ':'
+	}
+	if bad {
+		return fmt.Errorf("%q is not an interface name (1-15 printable ASCII bytes, no spaces, '/' or ':'; e.g. eth0)", v)
+	}
+	*dst = v
+	return nil
+}
+
+// knockdPath stores a file path, which must not be empty (knockd would fail later instead).
+func knockdPath(dst *string, v string) error {
+	if v == "" {
+		return errors.New("empty value (a file path)")
+	}
+	*dst = v
+	return nil
+}
+
+// knockdSeconds stores a timeout in whole seconds. knockd uses atoi, so that "abc" or "0"
+// would make every knock time out at once; we require 1 to 2^31-1 (atoi's range).
+func knockdSeconds(dst *time.Duration, v string) error {
+	n, err := strconv.ParseUint(v, 10, 31)
+	if err != nil || n == 0 {
+		return fmt.Errorf("%q is not a whole number of seconds (1-2147483647)", v)
+	}
+	*dst = time.Duration(n) * time.Second
+	return nil
+}
+
+// knockdSequence parses a knock sequence of 1 to maxSequenceLen ports; a bare port is TCP, as
+// in knockd. (knockd allows 32 ports, and takes a port that atoi cannot read for port 0.)
+func knockdSequence(v string) ([]portSpec, error) {
+	seq, err := parsePortSpecs(v, protoTCP)
+	switch {
+	case err != nil:
+		return nil, err
+	case len(seq) == 0:
+		return nil, errors.New("empty sequence (port[:tcp|udp],...)")
+	case len(seq) > maxSequenceLen:
+		return nil, fmt.Errorf("%d ports in the sequence (at most %d)", len(seq), maxSequenceLen)
+	}
+	return seq, nil
+}
+
+// parseTCPFlags parses knockd's TCPFlags (and --door's tcp-flags), like "syn,!ack". Unlike knockd, it allows spaces around
+// items, and refuses a flag both required and excluded (knockd keeps the last). Repeating a
+// flag the same way is harmless and allowed.
+func parseTCPFlags(v string) (tcpFlagRule, error) {
+	const allowed = "(comma-separated fin, syn, rst, psh, ack, urg, each may be prefixed by '!')"
+	names := [...]string{"fin", "syn", "rst", "psh", "ack", "urg"}
+	bits := [...]uint8{tcpFIN, tcpSYN, tcpRST, tcpPSH, tcpACK, tcpURG}
+	var r tcpFlagRule
+	for _, item := range strings.Split(v, ",") {
+		item = strings.Trim(item, knockdSpace)
+		name, exclude := strings.CutPrefix(item, "!")
+		var bit uint8
+		for i := range names {
+			if knockdEqual(name, names[i]) {
+				name, bit = names[i], bits[i]
+			}
+		}
+		switch {
+		case item == "":
+			return tcpFlagRule{}, errors.New("empty item " + allowed)
+		case bit == 0:
+			return tcpFlagRule{}, fmt.Errorf("unknown flag %q %s", item, allowed)
+		case exclude:
+			r.clear |= bit
+		default:
+			r.set |= bit
+		}
+		if r.set&r.clear != 0 {
+			return tcpFlagRule{}, fmt.Errorf("flag %s is both required and excluded (give it once, with or without '!')", name)
+		}
+	}
+	return r, nil
+}
+
+// oneTimeLine is an unused sequence of a one-time sequences file.
+type oneTimeLine struct {
+	offset int // byte offset of the line's first character in the file
+	line   int // 1-based line number
+	seq    []portSpec
+}
+
+// parseOneTimeSequences reads a one-time sequences file (knockd's one_time_sequences): one
+// sequence per line, in the syntax of Sequence. As in knockd, a line is trimmed first; then an
+// empty line is skipped and one starting with '#' is a used sequence or a comment. It returns
+// the unused lines in file order. knockd skips a line it cannot parse (and then marks the
+// wrong line as used); here that is an error with its line number.
+func parseOneTimeSequences(text string) ([]oneTimeLine, error) {
+	var out []oneTimeLine
+	offset, n := 0, 0
+	if strings.HasPrefix(text, "\uFEFF") {
+		offset = len("\uFEFF")
+	}
+	for line := range strings.Lines(text[offset:]) {
+		n++
+		start := offset
+		offset += len(line)
+		if s := strings.Trim(line, knockdSpace); s != "" && s[0] != '#' {
+			seq, err := knockdSequence(s)
+			if err != nil {
+				return nil, fmt.Errorf("line %d: %v", n, err)
+			}
+			out = append(out, oneTimeLine{offset: start, line: n, seq: seq})
+		}
+	}
+	return out, nil
+}
+
+// markSequenceUsed does knockd's rewrite of a used one-time sequence: it writes '#' over the
+// first character of the line at offset (an oneTimeLine.offset) and returns the new content,
+// a copy. Hence the man page's advice to start each line with a space: else the first digit is
+// lost. Any first byte is overwritten, as by knockd, white space or not (a CR too: "\r1" becomes
+// "#1"); but an offset outside text, or on a '\n' (which would join two lines), changes nothing.
+func markSequenceUsed(text []byte, offset int) []byte {
+	out := append([]byte(nil), text...)
+	if offset >= 0 && offset < len(out) && out[offset] != '\n' {
+		out[offset] = '#'
+	}
+	return out
+}
+
+// loadOneTimeSequences reads a one-time sequences file: its unused sequences, in order.
+func loadOneTimeSequences(path string) ([]oneTimeLine, error) {
+	text, err := readSmallFile(path, 1<<20)
+	if err != nil {
+		return nil, err
+	}
+	lines, err := parseOneTimeSequences(string(text))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	if len(lines) == 0 {
+		return nil, fmt.Errorf("%s has no unused sequence left", path)
+	}
+	return lines, nil
+}
+
+// useOneTimeSequence marks the file's first unused sequence as used, as knockd does ('#' over
+// the first character of its line), and returns the next one, or nil when none is left.
+func useOneTimeSequence(path string) ([]portSpec, error) {
+	lines, err := loadOneTimeSequences(path)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.WriteAt([]byte{'#'}, int64(lines[0].offset)); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	if len(lines) < 2 {
+		return nil, nil
+	}
+	return lines[1].seq, nil
+}
 
 // =============================================================================================
 // The tracker
@@ -1350,7 +1819,7 @@ func (t *tracker) knock(k *knock, out *outbox) dropReason {
 }
 
 func (t *tracker) pending(k *knock) pendingKnock {
-	return pendingKnock{ts: k.ts, port: k.port.port, proto: k.port.proto, flags: k.flags, srcPort: k.srcPort, to: t.targetIndex(k.to)}
+	return newPending(k.ts, k.port, k.flags, k.srcPort, t.targetIndex(k.to))
 }
 
 // reportKnock reports a knock itself, before what it causes, when a hook or -v wants it.
@@ -1370,14 +1839,14 @@ func (t *tracker) addFirst(s *shard, h uint64, from addrKey, pk pendingKnock, ou
 			continue
 		}
 		if t.duplicate(&f.pk, &pk) {
-			if pk.ts < f.pk.ts && !f.pk.settled {
-				f.pk.ts, f.pk.srcPort = pk.ts, pk.srcPort // the earlier copy is the original
+			if !f.pk.settled() {
+				f.pk.mergeCopy(pk.ts, pk.srcPort)
 			}
 			return
 		}
 		i := t.newClient(s, from)
 		c := s.slot(i)
-		if f.pk.settled { // its effect was applied when it was settled: replay it silently
+		if f.pk.settled() { // its effect was applied when it was settled: replay it silently
 			t.applyAll(s, i, c, f.pk, nil)
 		} else {
 			c.pending[0], c.npending = f.pk, 1
@@ -1421,31 +1890,34 @@ func (t *tracker) settleFirst(s *shard, f *firstKnock, out *outbox) {
 			out.add(event{kind: eventUnlock, door: uint16(d), from: f.key, srcPort: f.pk.srcPort, port: f.pk.spec(), ts: f.pk.ts})
 		}
 	}
-	f.pk.settled = true
+	f.pk.meta |= metaSettled
 	if stray {
 		t.strayFailure(s, f.key, &f.pk, out)
 		f.pk = pendingKnock{} // nothing left to remember once the retransmission window is past
 	}
 }
 
-// strayFailure reports a wrong knock from a client with no attempt on any door.
-func (t *tracker) strayFailure(s *shard, key addrKey, pk *pendingKnock, out *outbox) {
+// strayFailure reports a wrong knock from a client with no attempt on any door, and whether
+// it banned the client.
+func (t *tracker) strayFailure(s *shard, key addrKey, pk *pendingKnock, out *outbox) bool {
 	role := t.roles.of(pk.spec())
 	why := reasonWrongPort
 	if role.decoy {
 		why = reasonDecoy
 	}
 	out.add(event{kind: eventFail, reason: why, door: role.door, from: key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts})
-	if t.bans.fail(key, pk.ts) {
-		out.add(event{kind: eventFail, reason: reasonBanned, door: role.door, from: key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts})
+	if !t.bans.fail(key, pk.ts) {
+		return false
 	}
+	out.add(event{kind: eventFail, reason: reasonBanned, door: role.door, from: key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts})
+	return true
 }
 
 // duplicate reports whether b repeats a, a knock on the same port moments before or after it,
 // where no door expects that port twice in a row (then it is the network or the client
 // repeating itself, and the rules would ignore it anyway).
 func (t *tracker) duplicate(a, b *pendingKnock) bool {
-	if a.port != b.port || a.proto != b.proto || t.roles.of(a.spec()).repeatable {
+	if a.spec() != b.spec() || t.roles.of(a.spec()).repeatable {
 		return false
 	}
 	gap := a.ts - b.ts
@@ -1488,26 +1960,29 @@ func (s *shard) touch(i int32) {
 	}
 }
 
-// evict makes room for one client. It prefers, among the least recently seen, one with no
-// attempt in progress; failing that, the least recently seen client loses its attempt.
+// evict makes room for one client: among the 16 least recently seen, the least advanced (the
+// fewest knocks counted or waiting on its best door), the least recently seen of those. One
+// with an attempt in progress counts as evicted.
 func (s *shard) evict(t *tracker) {
+	victim, least := s.tail, math.MaxInt
 	for n, j := 0, s.tail; n < 16 && j != noSlot; n, j = n+1, s.slot(j).prev {
-		if c := s.slot(j); c.npending == 0 && !t.inProgress(s.progress(j, len(t.doors))) {
-			s.remove(j)
-			return
+		if a := t.advance(s.slot(j), s.progress(j, len(t.doors))); a < least {
+			victim, least = j, a
 		}
 	}
-	s.remove(s.tail)
-	t.evicted.Add(1)
+	s.remove(victim)
+	if least > 0 {
+		t.evicted.Add(1)
+	}
 }
 
-func (t *tracker) inProgress(ps []progress) bool {
+// advance is how far a client has come: its knocks waiting, plus its furthest step on a door.
+func (t *tracker) advance(c *client, ps []progress) int {
+	best := 0
 	for i := range ps {
-		if ps[i].step > 0 {
-			return true
-		}
+		best = max(best, int(ps[i].step))
 	}
-	return false
+	return best + int(c.npending)
 }
 
 func (s *shard) pushFront(i int32) {
@@ -1551,29 +2026,44 @@ func (t *tracker) add(s *shard, i int32, pk pendingKnock, out *outbox) {
 		pos--
 	}
 	if pos > 0 && t.duplicate(&c.pending[pos-1], &pk) {
+		c.pending[pos-1].mergeCopy(pk.ts, pk.srcPort)
 		return
 	}
 	if pos < int(c.npending) && t.duplicate(&c.pending[pos], &pk) {
-		c.pending[pos].ts, c.pending[pos].srcPort = pk.ts, pk.srcPort // the earlier copy is the original
+		c.pending[pos].mergeCopy(pk.ts, pk.srcPort) // the earlier copy is the original
 		return
 	}
 	if pos == 0 && c.lastTs != 0 {
 		// Older than a knock already settled: it comes too late to be put in its place (a
 		// sequence completed without it, or it is more than the reorder window late). In time
 		// order it was a duplicate or a knock that must not undo what is settled: drop it.
-		last := pendingKnock{ts: c.lastTs, port: c.lastPort.port, proto: c.lastPort.proto}
+		last := newPending(c.lastTs, c.lastPort, 0, 0, 0)
 		if pk.ts < c.lastTs || t.duplicate(&last, &pk) {
 			return
 		}
 	}
 	if c.npending == pendingMax {
-		t.settleOldest(s, i, out)
+		if t.settleOldest(s, i, out) {
+			return
+		}
 		pos = max(pos-1, 0)
+	}
+	// A knock that lands among the copies of the knock before it (a port knocked five times,
+	// this knock read before the last copies): the copies after it were not duplicates of the
+	// knock before, but a knock of their own after this one. Put the latest back.
+	var split pendingKnock
+	if pos > 0 && c.pending[pos-1].laterCopy() > pk.ts {
+		split = c.pending[pos-1]
+		split.ts, split.later = split.laterCopy(), 0
+		c.pending[pos-1].later = 0
 	}
 	copy(c.pending[pos+1:c.npending+1], c.pending[pos:c.npending])
 	c.pending[pos] = pk
 	c.npending++
 	t.settle(s, i, pk.ts-reorderWindow, out)
+	if split.ts != 0 && c.npending > 0 {
+		t.add(s, i, split, out)
+	}
 }
 
 // settle makes pending knocks final: all of them up to the first that completes a door (an
@@ -1597,22 +2087,26 @@ func (t *tracker) settle(s *shard, i int32, horizon int64, out *outbox) {
 		cut++
 	}
 	for range cut {
-		t.settleOldest(s, i, out)
+		if c.npending == 0 || t.settleOldest(s, i, out) {
+			return // a ban ended the client's knocks
+		}
 	}
 }
 
-// settleOldest applies a client's oldest pending knock to every door.
-func (t *tracker) settleOldest(s *shard, i int32, out *outbox) {
+// settleOldest applies a client's oldest pending knock to every door; it reports whether the
+// knock banned the client.
+func (t *tracker) settleOldest(s *shard, i int32, out *outbox) bool {
 	c := s.slot(i)
 	pk := c.pending[0]
 	copy(c.pending[:], c.pending[1:c.npending])
 	c.npending--
-	t.applyAll(s, i, c, pk, out)
+	return t.applyAll(s, i, c, pk, out)
 }
 
-// applyAll applies one knock to every door of a client. With out nil it replays a knock whose
-// events were reported already.
-func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *outbox) {
+// applyAll applies one knock to every door of a client, and reports whether it banned the
+// client: then its progress and its knocks still pending end with it, so that nothing queued
+// behind the ban can unlock. With out nil it replays a knock whose events were reported already.
+func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *outbox) bool {
 	ps := s.progress(i, len(t.doors))
 	c.lastTs, c.lastPort = pk.ts, pk.spec()
 	stray, failed, unlocked := true, false, false
@@ -1644,20 +2138,25 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		}
 	}
 	if out == nil {
-		return
+		return false
 	}
+	banned := false
 	if stray {
-		t.strayFailure(s, c.key, &pk, out)
+		banned = t.strayFailure(s, c.key, &pk, out)
 		failed = true
 	} else if failed && t.bans.fail(c.key, pk.ts) {
+		banned = true
 		out.add(event{kind: eventFail, reason: reasonBanned, door: t.roles.of(pk.spec()).door, from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts})
 	}
-	if t.auth && (unlocked || failed) {
-		// The attempt is over: its challenge is spent. Another needs a new hello.
-		*s.authOf(i) = authState{}
+	if banned || t.auth && (unlocked || failed) {
+		// The attempt is over. With keys its challenge is spent: another needs a new hello.
+		if t.auth {
+			*s.authOf(i) = authState{}
+		}
 		clear(ps)
 		c.npending = 0
 	}
+	return banned
 }
 
 // open reports whether door d can unlock: a one-time door cannot between its unlock and its
@@ -1692,7 +2191,6 @@ func (t *tracker) setSequence(d int, seq []portSpec) {
 // remember: stale entries expire on their own, not only when the same client knocks again.
 func (t *tracker) sweep(now int64) {
 	out := newOutbox(len(t.doors))
-	t.bans.sweep(now)
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
@@ -1711,9 +2209,9 @@ func (t *tracker) sweep(now int64) {
 			f := &s.firsts[j]
 			switch {
 			case f.pk.ts == 0:
-			case !f.pk.settled && f.pk.ts < now-reorderWindow:
+			case !f.pk.settled() && f.pk.ts < now-reorderWindow:
 				t.settleFirst(s, f, out)
-			case f.pk.settled && now-f.pk.ts > 2*t.maxGap:
+			case f.pk.settled() && now-f.pk.ts > 2*t.maxGap:
 				f.pk = pendingKnock{}
 			}
 		}
@@ -1754,47 +2252,52 @@ func (t *tracker) clients() int {
 // =============================================================================================
 // Bans
 //
-// A ban record per source (an IPv6 source counts as its --ban-prefix6 prefix), in a table of its
-// own with its own bound. When the table is full, a new record takes the place of the weakest of
-// a sample: fewest failures first, then oldest; an active ban goes last. So a flood of spoofed
-// wrong knocks, one record each, only displaces other one-failure records: it neither lifts a ban
-// nor resets an address that is close to one.
+// Failures are counted per source (an IPv6 source counts as its --ban-prefix6 prefix) in a
+// count-min sketch, and bans kept in a second sketch of end times: fixed tables, made at start,
+// in which nothing is ever evicted. A sketch never undercounts: a flood of spoofed wrong knocks
+// can neither lift a ban nor push a guessing address's failures out; each further
+// --ban-after failures ban it again. What a flood can do is make innocent addresses share cells
+// with the flood's, and so count or ban some of them wrongly: with a width of four times
+// --max-clients cells per row and four rows, an innocent's first failure during a flood of
+// 200,000 spoofed wrong knocks bans it with a probability near 0.1 %. In plain mode a spoofer
+// can ban any address it likes anyway, by sending wrong knocks from it; with keys only
+// authenticated knocks can fail, so only key holders count.
+
+const banRows = 4
 
 type banKey addrKey
 
-type banRecord struct {
-	failures    int32
-	windowStart int64
-	until       int64
-}
-
-// bans are sharded by ban key, with locks of their own: a client's shard lock may be held
-// while a ban shard's is taken, never the other way round.
 type bans struct {
-	after   int32
+	after   uint32
 	window  int64
 	length  int64
 	prefix6 int
-	seed    maphash.Seed
-	shards  []banShard
+	epoch   int64 // the time bans' end times count from (unix ns)
+	seeds   [banRows]maphash.Seed
+	mask    uint64
+
+	mu       sync.Mutex // the failure counts
+	cur, old [][]uint16 // [row][cell]: this window's failures and the last one's
+	rotated  int64
+
+	until [][]atomic.Uint32 // [row][cell]: a ban's end, in seconds after epoch
 }
 
-type banShard struct {
-	mu      sync.Mutex
-	records map[banKey]banRecord
-	limit   int
-	_       [64]byte
-}
-
-const banSample = 32
-
-func newBans(c *config, nshards int) *bans {
-	b := &bans{after: int32(c.banAfter), window: int64(c.banWindow), length: int64(c.banTime), prefix6: c.banPrefix6, seed: maphash.MakeSeed()}
-	if b.after > 0 {
-		b.shards = make([]banShard, nshards)
-		for i := range b.shards {
-			b.shards[i] = banShard{records: map[banKey]banRecord{}, limit: max(1, c.maxClients/nshards)}
-		}
+func newBans(c *config, _ int) *bans {
+	b := &bans{after: uint32(c.banAfter), window: int64(c.banWindow), length: int64(c.banTime), prefix6: c.banPrefix6, epoch: time.Now().UnixNano()}
+	if b.after == 0 {
+		return b
+	}
+	width := 4096
+	for width < 4*c.maxClients {
+		width *= 2
+	}
+	b.mask = uint64(width - 1)
+	for r := range banRows {
+		b.seeds[r] = maphash.MakeSeed()
+		b.cur = append(b.cur, make([]uint16, width))
+		b.old = append(b.old, make([]uint16, width))
+		b.until = append(b.until, make([]atomic.Uint32, width))
 	}
 	return b
 }
@@ -1810,94 +2313,71 @@ func (b *bans) keyOf(k addrKey) banKey {
 	return banKey(k)
 }
 
-func (b *bans) shard(k banKey) *banShard {
-	return &b.shards[maphash.Comparable(b.seed, k)%uint64(len(b.shards))]
-}
+func (b *bans) cell(r int, k banKey) uint64 { return maphash.Comparable(b.seeds[r], k) & b.mask }
 
+// banned reports whether a source is banned at ts: every one of its cells says so.
 func (b *bans) banned(from addrKey, ts int64) bool {
 	if b.after == 0 {
 		return false
 	}
-	k := b.keyOf(from)
-	s := b.shard(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, ok := s.records[k]
-	return ok && ts < r.until
+	k, now := b.keyOf(from), b.seconds(ts)
+	for r := range banRows {
+		if b.until[r][b.cell(r, k)].Load() <= now {
+			return false
+		}
+	}
+	return true
 }
 
-// fail counts a failed attempt and reports whether it bans the source.
+func (b *bans) seconds(ts int64) uint32 { return uint32(max(0, (ts-b.epoch)/int64(time.Second))) }
+
+// fail counts a failed attempt and reports whether it bans the source: at every --ban-after
+// failures within --ban-window (counted over this window and the last one).
 func (b *bans) fail(from addrKey, ts int64) bool {
 	if b.after == 0 {
 		return false
 	}
 	k := b.keyOf(from)
-	s := b.shard(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, ok := s.records[k]
-	if !ok && len(s.records) >= s.limit && !s.evictWeakest(ts) {
-		return false
+	b.mu.Lock()
+	b.rotate(ts)
+	var cells [banRows]uint64
+	estimate := uint32(math.MaxUint32)
+	for r := range banRows {
+		cells[r] = b.cell(r, k)
+		estimate = min(estimate, uint32(b.cur[r][cells[r]])+uint32(b.old[r][cells[r]]))
 	}
-	if ts-r.windowStart > b.window {
-		r.failures, r.windowStart = 0, ts
-	}
-	r.failures++
-	banned := r.failures >= b.after
-	if banned {
-		r.until = ts + b.length
-		r.failures = 0
-	}
-	s.records[k] = r
-	return banned
-}
-
-// evictWeakest removes the weakest record of a random sample: one that is not an active ban,
-// with the fewest failures, the oldest. When the sample holds only active bans it removes
-// nothing, and the newcomer is not counted.
-func (s *banShard) evictWeakest(now int64) bool {
-	var victim banKey
-	var weakest banRecord
-	found, n := false, 0
-	for k, r := range s.records { // map iteration starts at a random place: a random sample
-		if !found || weaker(r, weakest, now) {
-			victim, weakest, found = k, r, true
-		}
-		if n++; n == banSample {
-			break
+	for r := range banRows { // conservative update: only the cells that hold the estimate grow
+		if c := &b.cur[r][cells[r]]; uint32(*c)+uint32(b.old[r][cells[r]]) == estimate && *c < math.MaxUint16 {
+			*c++
 		}
 	}
-	if !found || now < weakest.until {
+	b.mu.Unlock()
+	if (estimate+1)%b.after != 0 {
 		return false
 	}
-	delete(s.records, victim)
+	until := b.seconds(ts+b.length) + 1
+	for r := range banRows {
+		u := &b.until[r][cells[r]]
+		for old := u.Load(); old < until && !u.CompareAndSwap(old, until); old = u.Load() {
+		}
+	}
 	return true
 }
 
-func weaker(a, b banRecord, now int64) bool {
-	aBanned, bBanned := now < a.until, now < b.until
-	switch {
-	case aBanned != bBanned:
-		return !aBanned
-	case aBanned:
-		return a.until < b.until
-	case a.failures != b.failures:
-		return a.failures < b.failures
+// rotate starts a new counting window when the current one is over.
+func (b *bans) rotate(ts int64) {
+	if ts-b.rotated < b.window {
+		return
 	}
-	return a.windowStart < b.windowStart
-}
-
-func (b *bans) sweep(now int64) {
-	for i := range b.shards {
-		s := &b.shards[i]
-		s.mu.Lock()
-		for k, r := range s.records {
-			if now >= r.until && now-r.windowStart > b.window {
-				delete(s.records, k)
-			}
+	stale := ts-b.rotated >= 2*b.window
+	b.cur, b.old = b.old, b.cur
+	for r := range banRows {
+		clear(b.cur[r])
+		if stale {
+			clear(b.old[r])
 		}
-		s.mu.Unlock()
 	}
+	b.rotated = ts
 }
 
 // =============================================================================================
@@ -2833,7 +3313,7 @@ func (p *procTracker) start(cmd *exec.Cmd) (uint64, error) {
 	}
 	pid := cmd.Process.Pid
 	p.waiting[pid], p.used = true, true
-	_, started, _ := procStat(pid)
+	_, started, _, _ := procStat(pid)
 	return started, nil
 }
 
@@ -2844,7 +3324,8 @@ func (p *procTracker) done(pid int) {
 }
 
 // kill ends a command that timed out: its process group, its descendants wherever they are,
-// and, as subreaper, the orphans adopted since it started, with their descendants.
+// and, as subreaper, the orphans adopted since it started, with their descendants. What it
+// finds may fork while it kills, so it looks again until a pass finds nothing left alive.
 func (p *procTracker) kill(pid int, started uint64) {
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
 	p.mu.Lock()
@@ -2852,15 +3333,24 @@ func (p *procTracker) kill(pid int, started uint64) {
 	if !p.subreaper {
 		return
 	}
-	tree := procTree()
-	victims := append([]int{pid}, tree.descendants(pid)...)
-	for _, child := range tree.children[os.Getpid()] {
-		if !p.waiting[child] && tree.start[child] >= started {
-			victims = append(append(victims, child), tree.descendants(child)...)
+	for pass := 0; pass < 50; pass++ {
+		tree := procTree()
+		victims := tree.descendants(pid)
+		for _, child := range tree.children[os.Getpid()] {
+			if !p.waiting[child] && tree.start[child] >= started && !tree.zombie[child] {
+				victims = append(append(victims, child), tree.descendants(child)...)
+			}
 		}
-	}
-	for _, v := range victims {
-		_ = syscall.Kill(v, syscall.SIGKILL)
+		alive := 0
+		for _, v := range victims {
+			if !tree.zombie[v] {
+				alive++
+				_ = syscall.Kill(v, syscall.SIGKILL)
+			}
+		}
+		if alive == 0 {
+			return
+		}
 	}
 }
 
@@ -2898,23 +3388,26 @@ func ownChildren() []int {
 	return kids
 }
 
-// processTree is every process's parent and start time, read from /proc at one moment.
+// processTree is every process's parent, start time and whether it is a zombie, read from
+// /proc at one moment.
 type processTree struct {
 	children map[int][]int
 	start    map[int]uint64
+	zombie   map[int]bool
 }
 
 func procTree() processTree {
-	t := processTree{children: map[int][]int{}, start: map[int]uint64{}}
+	t := processTree{children: map[int][]int{}, start: map[int]uint64{}, zombie: map[int]bool{}}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		if ppid, start, ok := procStat(pid); ok {
+		if ppid, start, state, ok := procStat(pid); ok {
 			t.children[ppid] = append(t.children[ppid], pid)
 			t.start[pid] = start
+			t.zombie[pid] = state == 'Z' || state == 'X'
 		}
 	}
 	return t
@@ -2928,23 +3421,23 @@ func (t processTree) descendants(pid int) []int {
 	return out
 }
 
-// procStat reads a process's parent and start time from /proc/PID/stat (Linux).
-func procStat(pid int) (ppid int, start uint64, ok bool) {
+// procStat reads a process's parent, start time and state from /proc/PID/stat (Linux).
+func procStat(pid int) (ppid int, start uint64, state byte, ok bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
 	i := bytes.LastIndexByte(b, ')') // the command's name may hold spaces and parentheses
 	if i < 0 {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
 	f := strings.Fields(string(b[i+1:])) // state ppid pgrp session ...; starttime is the 20th
-	if len(f) < 20 {
-		return 0, 0, false
+	if len(f) < 20 || len(f[0]) != 1 {
+		return 0, 0, 0, false
 	}
 	ppid, err1 := strconv.Atoi(f[1])
 	start, err2 := strconv.ParseUint(f[19], 10, 64)
-	return ppid, start, err1 == nil && err2 == nil
+	return ppid, start, f[0][0], err1 == nil && err2 == nil
 }
 
 // recvmsgBuf is a reusable recvmsg call for raw sockets: its buffers, and a function made once,
@@ -4588,9 +5081,15 @@ func runCommand(L *lua.LState, cmd *exec.Cmd) int {
 	if err != nil {
 		return pushError(L, err)
 	}
-	stop := context.AfterFunc(ctx, func() { procs.kill(cmd.Process.Pid, started) })
+	killed := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(killed)
+		procs.kill(cmd.Process.Pid, started)
+	})
 	err = cmd.Wait()
-	stop()
+	if !stop() {
+		<-killed // the call ends when everything it started has
+	}
 	procs.done(cmd.Process.Pid)
 	if ctx.Err() != nil {
 		L.RaiseError("%s cancelled at the hook timeout", cmd.Path)
@@ -4677,412 +5176,11 @@ func luaToAttr(v lua.LValue) any {
 }
 
 // =============================================================================================
-// knockd.conf
-//
-// A pure reader of knockd 0.8's configuration file, following its man page knockd(1) and, where
-// the man page is silent, knockd.c. Where knockd is lax (atoi, mistakes silently ignored), it
-// takes the strict reading and reports an error with its line number.
-const (
-	knockdSeqTimeout = 25 * time.Second // knockd.c SEQ_TIMEOUT
-	knockdCmdTimeout = 10 * time.Second // knockd.c CMD_TIMEOUT
-	knockdMaxName    = 64               // bytes in a door name
-	knockdSpace      = " \t\n\v\f\r"    // what knockd's trim() removes: C isspace
-)
-
-// knockdConfig is what a knockd.conf holds.
-type knockdConfig struct {
-	doors     []door
-	useSyslog bool
-	logFile   string
-	pidFile   string
-	iface     string // [options] Interface
-}
-
-// knockdKey is a key of knockd.conf and how to store its value.
-type knockdKey struct {
-	name, alias string // as the man page spells it; another spelling knockd accepts, or ""
-	door        bool   // a door key, else an [options] key
-	bare        bool   // a lone word, never "key = value"
-	set         func(c *knockdConfig, d *door, v string) error
-}
-
-// knockdKeys lists the keys knockd 0.8 accepts. knockd.c also takes "Timeout", an undocumented
-// alias of Seq_Timeout, and so do we. It takes UseSyslog inside a door too (making it global
-// all the same): we refuse that as misleading. An empty *_6 command is kept, and means "do
-// nothing for IPv6" (knockd(1)); an absent one falls back to the IPv4 command (see endDoor).
-func knockdKeys() []knockdKey {
-	return []knockdKey{
-		{name: "UseSyslog", bare: true, set: func(c *knockdConfig, _ *door, _ string) error { c.useSyslog = true; return nil }},
-		{name: "LogFile", set: func(c *knockdConfig, _ *door, v string) error { return knockdPath(&c.logFile, v) }},
-		{name: "PidFile", set: func(c *knockdConfig, _ *door, v string) error { return knockdPath(&c.pidFile, v) }},
-		{name: "Interface", set: func(c *knockdConfig, _ *door, v string) error { return knockdIface(&c.iface, v) }},
-		{name: "Sequence", door: true, set: func(_ *knockdConfig, d *door, v string) (err error) {
-			if d.oneTime != "" {
-				return errors.New("a door has Sequence or One_Time_Sequences, not both")
-			}
-			d.seq, err = knockdSequence(v)
-			return err
-		}},
-		{name: "One_Time_Sequences", door: true, set: func(_ *knockdConfig, d *door, v string) error {
-			if len(d.seq) > 0 {
-				return errors.New("a door has Sequence or One_Time_Sequences, not both")
-			}
-			return knockdPath(&d.oneTime, v)
-		}},
-		{name: "Seq_Timeout", alias: "Timeout", door: true, set: func(_ *knockdConfig, d *door, v string) error { return knockdSeconds(&d.seqTimeout, v) }},
-		{name: "TCPFlags", door: true, set: func(_ *knockdConfig, d *door, v string) (err error) { d.tcpFlags, err = parseTCPFlags(v); return err }},
-		{name: "Start_Command", alias: "Command", door: true, set: func(_ *knockdConfig, d *door, v string) error { d.action.start = v; return nil }},
-		{name: "Start_Command_6", alias: "Command_6", door: true, set: func(_ *knockdConfig, d *door, v string) error {
-			d.action.start6, d.action.hasStart6 = v, true
-			return nil
-		}},
-		{name: "Stop_Command", door: true, set: func(_ *knockdConfig, d *door, v string) error { d.action.stop = v; return nil }},
-		{name: "Stop_Command_6", door: true, set: func(_ *knockdConfig, d *door, v string) error {
-			d.action.stop6, d.action.hasStop6 = v, true
-			return nil
-		}},
-		{name: "Cmd_Timeout", door: true, set: func(_ *knockdConfig, d *door, v string) error { return knockdSeconds(&d.action.cmdTimeout, v) }},
-		{name: "Target", door: true, set: func(_ *knockdConfig, d *door, v string) error {
-			// knockd compares Target as text with inet_ntop's output, which has no zone.
-			a, err := netip.ParseAddr(v)
-			if err != nil || a.Zone() != "" {
-				return fmt.Errorf("%q is not an IP address (IPv4 or IPv6, without a zone)", v)
-			}
-			d.target = a
-			return nil
-		}},
-	}
-}
-
-// knockdParser holds the state of one parseKnockdConfig call.
-type knockdParser struct {
-	cfg      knockdConfig
-	keys     []knockdKey
-	section  string         // the current section's name; "" before the first one
-	door     *door          // the current door; nil in [options]
-	seen     map[string]int // key name -> its line, in the current section
-	sections map[string]int // lower-case section name -> the line of its header
-}
-
-// parseKnockdConfig reads knockd.conf text. It is a pure function: no file or network access
-// (one_time_sequences only records the path in door.oneTime). Errors are one line, of the
-// form "line N: what is wrong (what is allowed)", naming the offending key, value or flag.
-// A file without doors is valid, as in knockd; the caller decides whether that is useful.
-func parseKnockdConfig(text string) (*knockdConfig, error) {
-	p := &knockdParser{keys: knockdKeys(), sections: map[string]int{}}
-	n := 0
-	for line := range strings.Lines(strings.TrimPrefix(text, "\uFEFF")) {
-		n++
-		if err := p.line(n, strings.Trim(line, knockdSpace)); err != nil {
-			return nil, err
-		}
-	}
-	if err := p.endDoor(); err != nil {
-		return nil, err
-	}
-	return &p.cfg, nil
-}
-
-// line handles line n, trimmed of surrounding white space (and so of a CR before the LF).
-func (p *knockdParser) line(n int, s string) error {
-	switch {
-	case s == "" || s[0] == '#': // only a whole line is a comment: a command may hold '#'
-		return nil
-	case strings.IndexByte(s, 0) >= 0:
-		return fmt.Errorf("line %d: NUL byte (the file must be text)", n)
-	case s[0] == '[':
-		return p.startSection(n, s)
-	}
-	k, v, hasValue := strings.Cut(s, "=") // at the first '=': a value may hold more
-	k, v = strings.Trim(k, knockdSpace), strings.Trim(v, knockdSpace)
-	key, known := p.lookup(k)
-	switch {
-	case p.section == "":
-		return fmt.Errorf("line %d: key %q before any section (start with [options] or [doorname])", n, k)
-	case k == "":
-		return fmt.Errorf("line %d: no key before '=' (key = value)", n)
-	case !known && !hasValue:
-		return fmt.Errorf("line %d: %q has no '=' (key = value, or UseSyslog alone)", n, k)
-	case !known:
-		var names []string
-		for _, key := range p.keys {
-			if key.door == (p.door != nil) {
-				names = append(names, key.name)
-				if key.alias != "" {
-					names = append(names, key.alias)
-				}
-			}
-		}
-		return fmt.Errorf("line %d: unknown key %q in [%s] (known: %s)", n, k, p.section, strings.Join(names, ", "))
-	case key.door && p.door == nil:
-		return fmt.Errorf("line %d: %s belongs in a door section, not in [options]", n, k)
-	case !key.door && p.door != nil:
-		return fmt.Errorf("line %d: %s belongs in [options], not in door [%s]", n, k, p.section)
-	case key.bare && hasValue:
-		return fmt.Errorf("line %d: %s takes no value (write %s alone)", n, k, key.name)
-	case !key.bare && !hasValue:
-		return fmt.Errorf("line %d: %s has no '=' (%s = value)", n, k, key.name)
-	}
-	if first, dup := p.seen[key.name]; dup {
-		return fmt.Errorf("line %d: %s given again in [%s] (first at line %d; once per section, aliases included)", n, k, p.section, first)
-	}
-	p.seen[key.name] = n
-	if err := key.set(&p.cfg, p.door, v); err != nil {
-		return fmt.Errorf("line %d: %s: %v", n, k, err)
-	}
-	return nil
-}
-
-// lookup finds the key named k, ignoring case.
-func (p *knockdParser) lookup(k string) (knockdKey, bool) {
-	for _, key := range p.keys {
-		for _, name := range []string{key.name, key.alias} {
-			if name != "" && knockdEqual(k, name) {
-				return key, true
-			}
-		}
-	}
-	return knockdKey{}, false
-}
-
-// knockdEqual reports whether s is the ASCII word w, ignoring ASCII case as knockd's toupper
-// does. (Equal lengths keep strings.EqualFold from matching the Kelvin sign to 'k', 'ſ' to 's'.)
-func knockdEqual(s, w string) bool { return len(s) == len(w) && strings.EqualFold(s, w) }
-
-// startSection starts the section whose header "[name]" is s, on line n. Only "[options]" is
-// the global section, as in knockd (which compares it case-sensitively); we refuse any other
-// spelling of it rather than take it for a door. A section, door or [options], appears once.
-func (p *knockdParser) startSection(n int, s string) error {
-	if err := p.endDoor(); err != nil {
-		return err
-	}
-	if len(s) < 2 || s[len(s)-1] != ']' {
-		return fmt.Errorf("line %d: section header %q does not end with ']' ([name] alone on its line)", n, s)
-	}
-	name := s[1 : len(s)-1]
-	switch {
-	case name != "options" && knockdEqual(name, "options"):
-		return fmt.Errorf("line %d: section %q: the global section is spelled [options]", n, s)
-	case name != "options" && !knockdDoorName(name):
-		return fmt.Errorf("line %d: bad door name %q (1-%d bytes of printable UTF-8, no spaces or brackets)", n, name, knockdMaxName)
-	}
-	if first, dup := p.sections[strings.ToLower(name)]; dup {
-		return fmt.Errorf("line %d: section [%s] given again (first at line %d; names are case-insensitive)", n, name, first)
-	}
-	p.sections[strings.ToLower(name)] = n
-	p.section, p.seen = name, map[string]int{}
-	if name != "options" {
-		p.door = &door{name: name, line: n, seqTimeout: knockdSeqTimeout, tcpFlags: defaultTCPFlags,
-			action: doorAction{cmdTimeout: knockdCmdTimeout}}
-	}
-	return nil
-}
-
-// endDoor checks and completes the current door, if any, and adds it to the configuration.
-// A door needs a sequence but no command: knockd accepts a door that only logs its opening.
-func (p *knockdParser) endDoor() error {
-	d := p.door
-	if d == nil {
-		return nil
-	}
-	p.door = nil
-	if len(d.seq) == 0 && d.oneTime == "" {
-		return fmt.Errorf("line %d: door [%s] has no sequence (give Sequence or One_Time_Sequences)", d.line, d.name)
-	}
-	d.timeout = d.seqTimeout // knockd limits only the whole sequence, so no gap can exceed it
-	if !d.action.hasStart6 {
-		d.action.start6 = d.action.start
-	}
-	if !d.action.hasStop6 {
-		d.action.stop6 = d.action.stop
-	}
-	p.cfg.doors = append(p.cfg.doors, *d)
-	return nil
-}
-
-// knockdDoorName reports whether name is a valid door name. knockd takes any non-empty text
-// (cut to 127 bytes); we keep names short and easy to log: 1-64 bytes of printable UTF-8,
-// without white space, '[' or ']'.
-func knockdDoorName(name string) bool {
-	return name != "" && len(name) <= knockdMaxName && utf8.ValidString(name) &&
-		!strings.ContainsFunc(name, func(r rune) bool { return r == ' ' || r == '[' || r == ']' || !unicode.IsPrint(r) })
-}
-
-// knockdIface stores a network interface name, valid by Linux's rules (dev_valid_name: at
-// most IFNAMSIZ-1 bytes, not "." or "..", no '/', ':' or white space) and printable ASCII.
-func knockdIface(dst *string, v string) error {
-	bad := v == "" || len(v) > 15 || v == "." || v == ".."
-	for i := 0; i < len(v); i++ {
-		bad = bad || v[i] <= ' ' || v[i] >= 0x7f || v[i] == '/' || v[i] == ':'
-	}
-	if bad {
-		return fmt.Errorf("%q is not an interface name (1-15 printable ASCII bytes, no spaces, '/' or ':'; e.g. eth0)", v)
-	}
-	*dst = v
-	return nil
-}
-
-// knockdPath stores a file path, which must not be empty (knockd would fail later instead).
-func knockdPath(dst *string, v string) error {
-	if v == "" {
-		return errors.New("empty value (a file path)")
-	}
-	*dst = v
-	return nil
-}
-
-// knockdSeconds stores a timeout in whole seconds. knockd uses atoi, so that "abc" or "0"
-// would make every knock time out at once; we require 1 to 2^31-1 (atoi's range).
-func knockdSeconds(dst *time.Duration, v string) error {
-	n, err := strconv.ParseUint(v, 10, 31)
-	if err != nil || n == 0 {
-		return fmt.Errorf("%q is not a whole number of seconds (1-2147483647)", v)
-	}
-	*dst = time.Duration(n) * time.Second
-	return nil
-}
-
-// knockdSequence parses a knock sequence of 1 to maxSequenceLen ports; a bare port is TCP, as
-// in knockd. (knockd allows 32 ports, and takes a port that atoi cannot read for port 0.)
-func knockdSequence(v string) ([]portSpec, error) {
-	seq, err := parsePortSpecs(v, protoTCP)
-	switch {
-	case err != nil:
-		return nil, err
-	case len(seq) == 0:
-		return nil, errors.New("empty sequence (port[:tcp|udp],...)")
-	case len(seq) > maxSequenceLen:
-		return nil, fmt.Errorf("%d ports in the sequence (at most %d)", len(seq), maxSequenceLen)
-	}
-	return seq, nil
-}
-
-// parseTCPFlags parses knockd's TCPFlags (and --door's tcp-flags), like "syn,!ack". Unlike knockd, it allows spaces around
-// items, and refuses a flag both required and excluded (knockd keeps the last). Repeating a
-// flag the same way is harmless and allowed.
-func parseTCPFlags(v string) (tcpFlagRule, error) {
-	const allowed = "(comma-separated fin, syn, rst, psh, ack, urg, each may be prefixed by '!')"
-	names := [...]string{"fin", "syn", "rst", "psh", "ack", "urg"}
-	bits := [...]uint8{tcpFIN, tcpSYN, tcpRST, tcpPSH, tcpACK, tcpURG}
-	var r tcpFlagRule
-	for _, item := range strings.Split(v, ",") {
-		item = strings.Trim(item, knockdSpace)
-		name, exclude := strings.CutPrefix(item, "!")
-		var bit uint8
-		for i := range names {
-			if knockdEqual(name, names[i]) {
-				name, bit = names[i], bits[i]
-			}
-		}
-		switch {
-		case item == "":
-			return tcpFlagRule{}, errors.New("empty item " + allowed)
-		case bit == 0:
-			return tcpFlagRule{}, fmt.Errorf("unknown flag %q %s", item, allowed)
-		case exclude:
-			r.clear |= bit
-		default:
-			r.set |= bit
-		}
-		if r.set&r.clear != 0 {
-			return tcpFlagRule{}, fmt.Errorf("flag %s is both required and excluded (give it once, with or without '!')", name)
-		}
-	}
-	return r, nil
-}
-
-// oneTimeLine is an unused sequence of a one-time sequences file.
-type oneTimeLine struct {
-	offset int // byte offset of the line's first character in the file
-	line   int // 1-based line number
-	seq    []portSpec
-}
-
-// parseOneTimeSequences reads a one-time sequences file (knockd's one_time_sequences): one
-// sequence per line, in the syntax of Sequence. As in knockd, a line is trimmed first; then an
-// empty line is skipped and one starting with '#' is a used sequence or a comment. It returns
-// the unused lines in file order. knockd skips a line it cannot parse (and then marks the
-// wrong line as used); here that is an error with its line number.
-func parseOneTimeSequences(text string) ([]oneTimeLine, error) {
-	var out []oneTimeLine
-	offset, n := 0, 0
-	if strings.HasPrefix(text, "\uFEFF") {
-		offset = len("\uFEFF")
-	}
-	for line := range strings.Lines(text[offset:]) {
-		n++
-		start := offset
-		offset += len(line)
-		if s := strings.Trim(line, knockdSpace); s != "" && s[0] != '#' {
-			seq, err := knockdSequence(s)
-			if err != nil {
-				return nil, fmt.Errorf("line %d: %v", n, err)
-			}
-			out = append(out, oneTimeLine{offset: start, line: n, seq: seq})
-		}
-	}
-	return out, nil
-}
-
-// markSequenceUsed does knockd's rewrite of a used one-time sequence: it writes '#' over the
-// first character of the line at offset (an oneTimeLine.offset) and returns the new content,
-// a copy. Hence the man page's advice to start each line with a space: else the first digit is
-// lost. Any first byte is overwritten, as by knockd, white space or not (a CR too: "\r1" becomes
-// "#1"); but an offset outside text, or on a '\n' (which would join two lines), changes nothing.
-func markSequenceUsed(text []byte, offset int) []byte {
-	out := append([]byte(nil), text...)
-	if offset >= 0 && offset < len(out) && out[offset] != '\n' {
-		out[offset] = '#'
-	}
-	return out
-}
-
-// loadOneTimeSequences reads a one-time sequences file: its unused sequences, in order.
-func loadOneTimeSequences(path string) ([]oneTimeLine, error) {
-	text, err := readSmallFile(path, 1<<20)
-	if err != nil {
-		return nil, err
-	}
-	lines, err := parseOneTimeSequences(string(text))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %v", path, err)
-	}
-	if len(lines) == 0 {
-		return nil, fmt.Errorf("%s has no unused sequence left", path)
-	}
-	return lines, nil
-}
-
-// useOneTimeSequence marks the file's first unused sequence as used, as knockd does ('#' over
-// the first character of its line), and returns the next one, or nil when none is left.
-func useOneTimeSequence(path string) ([]portSpec, error) {
-	lines, err := loadOneTimeSequences(path)
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := f.WriteAt([]byte{'#'}, int64(lines[0].offset)); err != nil {
-		f.Close()
-		return nil, err
-	}
-	if err := f.Close(); err != nil {
-		return nil, err
-	}
-	if len(lines) < 2 {
-		return nil, nil
-	}
-	return lines[1].seq, nil
-}
-
-// =============================================================================================
 // The built-in service
 //
 // knock.serve starts it: TCP answers HTTP (so curl works) and UDP replies with the greeting. It
 // is bounded: read, header, write and idle timeouts, at most serviceMaxConns connections and
-// serviceMaxPerClient from one address; more are reset at once. In allow mode only addresses
+// serviceMaxPerClient from one source prefix (see limitListener). In allow mode only addresses
 // granted by knock.allow get through: TCP connections from others are reset right after the
 // handshake (so a scan sees the port open: only a firewall hook makes a port invisible) and
 // their UDP datagrams are dropped.
@@ -5129,11 +5227,13 @@ func (s *server) startService(spec serviceSpec) error {
 			MaxHeaderBytes:    8 << 10,
 			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		}
-		limited := &limitListener{Listener: ln, perClient: map[addrKey]int{}}
+		var allow *allowList
 		if spec.allowOnly {
-			limited.allow = &s.allow
+			allow = &s.allow
 			svc.http.SetKeepAlivesEnabled(false) // so that every request is checked at accept
 		}
+		limited := newLimitListener(ln, allow)
+		svc.http.ConnState = limited.connState
 		go svc.http.Serve(limited)
 	}
 	if spec.proto != "tcp" {
@@ -5225,14 +5325,41 @@ func (svc *service) serveUDP(allow *allowList) {
 	}
 }
 
-// limitListener bounds the service's connections, in all and per client, and in allow mode
-// resets those from addresses knock.allow has not granted.
+// limitListener bounds the service's connections, in all and per source prefix (an IPv4 /24,
+// an IPv6 /64), and in allow mode resets those from addresses knock.allow has not granted. When
+// a bound is reached, a newcomer takes the place of the longest-idle connection (one between
+// requests, or one that has sent nothing for a second), so that a flood of idle connections
+// cannot lock others out; only when every connection is busy is the newcomer reset.
 type limitListener struct {
 	net.Listener
-	allow     *allowList // nil: everyone
-	mu        sync.Mutex
-	total     int
-	perClient map[addrKey]int
+	allow    *allowList // nil: everyone
+	mu       sync.Mutex
+	conns    map[*limitedConn]struct{}
+	perGroup map[[8]byte]int
+}
+
+type limitedConn struct {
+	net.Conn
+	group [8]byte
+	once  sync.Once
+	l     *limitListener
+	state http.ConnState // guarded by l.mu
+	since time.Time      // when it entered state
+}
+
+func newLimitListener(ln net.Listener, allow *allowList) *limitListener {
+	return &limitListener{Listener: ln, allow: allow, conns: map[*limitedConn]struct{}{}, perGroup: map[[8]byte]int{}}
+}
+
+// connGroup is the source prefix a connection counts against.
+func connGroup(a netip.Addr) [8]byte {
+	a = a.Unmap()
+	if a.Is4() {
+		b := a.As4()
+		return [8]byte{4, b[0], b[1], b[2]}
+	}
+	b := a.As16()
+	return [8]byte(b[:8])
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -5242,37 +5369,83 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		ap, err := netip.ParseAddrPort(conn.RemoteAddr().String())
-		if err != nil {
+		if err != nil || l.allow != nil && !l.allow.allowed(keyOf(ap.Addr()), time.Now().UnixNano()) {
 			reset(conn)
 			continue
 		}
-		k := keyOf(ap.Addr())
-		if l.allow != nil && !l.allow.allowed(k, time.Now().UnixNano()) {
-			reset(conn)
-			continue
+		if c := l.admit(conn, connGroup(ap.Addr())); c != nil {
+			return c, nil
 		}
-		l.mu.Lock()
-		ok := l.total < serviceMaxConns && l.perClient[k] < serviceMaxPerClient
-		if ok {
-			l.total++
-			l.perClient[k]++
-		}
-		l.mu.Unlock()
-		if !ok {
-			reset(conn)
-			continue
-		}
-		return &limitedConn{Conn: conn, release: func() { l.release(k) }}, nil
+		reset(conn)
 	}
 }
 
-func (l *limitListener) release(k addrKey) {
+// admit counts a new connection in, making room if it must, or returns nil.
+func (l *limitListener) admit(conn net.Conn, group [8]byte) *limitedConn {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.total--
-	if l.perClient[k]--; l.perClient[k] <= 0 {
-		delete(l.perClient, k)
+	if l.perGroup[group] >= serviceMaxPerClient && !l.closeIdle(group, true) {
+		return nil
 	}
+	if len(l.conns) >= serviceMaxConns && !l.closeIdle(group, false) {
+		return nil
+	}
+	c := &limitedConn{Conn: conn, group: group, l: l, state: http.StateNew, since: time.Now()}
+	l.conns[c] = struct{}{}
+	l.perGroup[group]++
+	return c
+}
+
+// closeIdle closes the longest-idle connection (of the group, when sameGroup) and reports
+// whether there was one. It holds l.mu: the connection is forgotten here and closed aside.
+func (l *limitListener) closeIdle(group [8]byte, sameGroup bool) bool {
+	var victim *limitedConn
+	now := time.Now()
+	for c := range l.conns {
+		idle := c.state == http.StateIdle || c.state == http.StateNew && now.Sub(c.since) > time.Second
+		if idle && (!sameGroup || c.group == group) && (victim == nil || c.since.Before(victim.since)) {
+			victim = c
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	l.forget(victim)
+	go victim.Conn.Close()
+	return true
+}
+
+func (l *limitListener) forget(c *limitedConn) {
+	if _, ok := l.conns[c]; !ok {
+		return
+	}
+	delete(l.conns, c)
+	if l.perGroup[c.group]--; l.perGroup[c.group] <= 0 {
+		delete(l.perGroup, c.group)
+	}
+}
+
+// connState is the http.Server's ConnState hook: it keeps each connection's state.
+func (l *limitListener) connState(conn net.Conn, st http.ConnState) {
+	c, ok := conn.(*limitedConn)
+	if !ok {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c.state, c.since = st, time.Now()
+	if st == http.StateClosed || st == http.StateHijacked {
+		l.forget(c)
+	}
+}
+
+func (c *limitedConn) Close() error {
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		c.l.forget(c)
+		c.l.mu.Unlock()
+	})
+	return c.Conn.Close()
 }
 
 // reset closes a TCP connection with a reset rather than a goodbye.
@@ -5281,17 +5454,6 @@ func reset(conn net.Conn) {
 		tc.SetLinger(0)
 	}
 	conn.Close()
-}
-
-type limitedConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
-func (c *limitedConn) Close() error {
-	c.once.Do(c.release)
-	return c.Conn.Close()
 }
 
 // allowList is the set of clients granted by knock.allow, each until a deadline (unix ns).
@@ -5707,8 +5869,9 @@ func runKeygen(k *keygenCommand, stdout io.Writer) error {
 	return err
 }
 
-// logWriter buffers log lines and writes them every logFlushInterval, or when a buffer fills:
-// one write per line would cost a system call per unlock under load.
+// logWriter buffers log lines and writes them every logFlushInterval, or when a buffer fills,
+// or at once for a warning or an error: one write per line would cost a system call per unlock
+// under load.
 type logWriter struct {
 	mu   sync.Mutex
 	w    io.Writer
@@ -5769,10 +5932,36 @@ func (l *logWriter) Close() {
 
 func newLogger(cfg *config, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if cfg.logFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	if lw, ok := w.(*logWriter); ok {
+		h = urgentHandler{h, lw}
+	}
+	return slog.New(h)
+}
+
+// urgentHandler writes warnings and errors out at once; other lines wait for the next flush.
+type urgentHandler struct {
+	slog.Handler
+	lw *logWriter
+}
+
+func (u urgentHandler) Handle(ctx context.Context, r slog.Record) error {
+	err := u.Handler.Handle(ctx, r)
+	if r.Level >= slog.LevelWarn {
+		u.lw.Flush()
+	}
+	return err
+}
+
+func (u urgentHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return urgentHandler{u.Handler.WithAttrs(attrs), u.lw}
+}
+
+func (u urgentHandler) WithGroup(name string) slog.Handler {
+	return urgentHandler{u.Handler.WithGroup(name), u.lw}
 }
 
 // runServer validates everything; then `check` prints the settings and `serve` runs.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
 	"math"
 	"net/netip"
@@ -80,7 +81,8 @@ func TestRules(t *testing.T) {
 			var p progress
 			base := time.Now().UnixNano()
 			for i, s := range tc.steps {
-				v, why := r.apply(&p, &pendingKnock{port: s.port, ts: base + int64(s.at)})
+				k := newPending(base+int64(s.at), up(s.port), 0, 0, 0)
+				v, why := r.apply(&p, &k)
 				if v != s.want || why != s.why {
 					t.Fatalf("knock %d (port %d at %v): got verdict %d reason %q, want verdict %d reason %q", i, s.port, s.at, v, why, s.want, s.why)
 				}
@@ -328,13 +330,26 @@ func TestTrackerDuplicatesNeverBreakASequence(t *testing.T) {
 		for i, p := range []uint16{1, 2, 3} {
 			knocks = append(knocks, knock{from: key("192.0.2.2"), port: up(p), ts: t0 + int64(10+i)*1000})
 		}
+		// A sequence port knocked 5 times out of turn, then the sequence: the copies are not all
+		// duplicates, the last is the sequence's own knock on that port.
+		for c, wrong := range []uint16{2, 3} {
+			from := keyOf(netip.AddrFrom4([4]byte{192, 0, 2, byte(3 + c)}))
+			for j := range 5 {
+				knocks = append(knocks, knock{from: from, port: up(wrong), ts: t0 + int64(j)*1000})
+			}
+			for i, p := range []uint16{1, 2, 3} {
+				knocks = append(knocks, knock{from: from, port: up(p), ts: t0 + int64(10+i)*1000})
+			}
+		}
 		shuffleWithin(knocks, trial, 6) // as readers on different sockets would see them
 		for _, k := range knocks {
 			feed(tr, k)
 		}
 		tr.sweep(t0 + 2*reorderWindow)
-		if rec.unlocked("192.0.2.1") != 1 || rec.unlocked("192.0.2.2") != 1 {
-			t.Fatalf("trial %d: unlocked %d and %d times, want 1 and 1; events %+v", trial, rec.unlocked("192.0.2.1"), rec.unlocked("192.0.2.2"), rec.events)
+		for _, ip := range []string{"192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"} {
+			if n := rec.unlocked(ip); n != 1 {
+				t.Fatalf("trial %d: %s unlocked %d times, want 1; events %+v", trial, ip, n, rec.events)
+			}
 		}
 	}
 }
@@ -387,7 +402,7 @@ func TestTrackerBans(t *testing.T) {
 // nor lets a guessing address escape one; an IPv6 ban covers the /64.
 func TestBansSurviveFloods(t *testing.T) {
 	c := testConfig(1, 2, 3)
-	c.banAfter, c.banTime, c.maxClients = 3, time.Hour, 4096
+	c.banAfter, c.banTime = 3, time.Hour // and the default --max-clients, which sizes the sketches
 	tr, rec := newTestTracker(c)
 	t0 := time.Now().UnixNano()
 	now := t0
@@ -481,18 +496,18 @@ func TestRulesTCPFlagsAndTargets(t *testing.T) {
 		want verdict
 		why  failReason
 	}{
-		{pendingKnock{port: 1, proto: protoTCP, flags: tcpSYN, to: 1}, verdictAdvanced, reasonNone},
-		{pendingKnock{port: 3, proto: protoTCP, flags: tcpSYN | tcpACK, to: 1}, verdictIgnored, reasonNone}, // established traffic
-		{pendingKnock{port: 3, proto: protoTCP, flags: tcpRST, to: 1}, verdictIgnored, reasonNone},
-		{pendingKnock{port: 2, proto: protoUDP, to: 2}, verdictIgnored, reasonNone}, // sent to another address
-		{pendingKnock{port: 2, proto: protoTCP, flags: tcpSYN, to: 1}, verdictRejected, reasonWrongPort},
-		{pendingKnock{port: 1, proto: protoTCP, flags: tcpSYN, to: 1}, verdictAdvanced, reasonNone},
-		{pendingKnock{port: 2, proto: protoUDP, to: 1}, verdictAdvanced, reasonNone},
-		{pendingKnock{port: 3, proto: protoTCP, flags: tcpSYN, to: 1, ts: int64(1100 * ms)}, verdictRejected, reasonTimeout}, // seq_timeout
+		{newPending(0, portSpec{1, protoTCP}, tcpSYN, 0, 1), verdictAdvanced, reasonNone},
+		{newPending(0, portSpec{3, protoTCP}, tcpSYN | tcpACK, 0, 1), verdictIgnored, reasonNone}, // established traffic
+		{newPending(0, portSpec{3, protoTCP}, tcpRST, 0, 1), verdictIgnored, reasonNone},
+		{newPending(0, portSpec{2, protoUDP}, 0, 0, 2), verdictIgnored, reasonNone}, // sent to another address
+		{newPending(0, portSpec{2, protoTCP}, tcpSYN, 0, 1), verdictRejected, reasonWrongPort},
+		{newPending(0, portSpec{1, protoTCP}, tcpSYN, 0, 1), verdictAdvanced, reasonNone},
+		{newPending(0, portSpec{2, protoUDP}, 0, 0, 1), verdictAdvanced, reasonNone},
+		{newPending(int64(1100 * ms), portSpec{3, protoTCP}, tcpSYN, 0, 1), verdictRejected, reasonTimeout}, // seq_timeout
 	}
 	for i, s := range steps {
 		if s.k.ts == 0 {
-			s.k.ts = int64(i) * int64(ms)
+			s.k.ts = int64(i+1) * int64(ms)
 		}
 		if v, why := r.apply(&p, &s.k); v != s.want || why != s.why {
 			t.Fatalf("step %d: verdict %d reason %q, want %d %q", i, v, why, s.want, s.why)
@@ -734,5 +749,83 @@ func TestEventQueueIsFairUnderOverload(t *testing.T) {
 	}
 	if at < 0 || at >= 21*prefixQuantum {
 		t.Fatalf("the genuine unlock came out at position %d of %d, want within the first round (%d)", at, len(got), 21*prefixQuantum)
+	}
+}
+
+// An attempt is restarted only by a later hello: a captured hello sent again cannot reset it.
+func TestHelloOnlyALaterOneRestartsAnAttempt(t *testing.T) {
+	c := testConfig(1000, 2000, 3000)
+	alice := newUserKey("alice", []byte("alice-key-0123456789abcdef0123456789"))
+	c.keys = &keyring{byID: map[[keyIDLen]byte]*userKey{alice.id: alice}}
+	tr, rec := newTestTracker(c)
+	m := newMACScratch()
+	from := netip.MustParseAddrPort("192.0.2.1:40000")
+	now := time.Now()
+	hello := func(at time.Time, nonce byte) (dropReason, []byte) {
+		var b, reply [wireLen]byte
+		encodeHello(b[:], m, alice, 1000, at.UnixMilli(), bytes.Repeat([]byte{nonce}, nonceLen))
+		h, k, why := decodeHello(b[:], m, c.keys, 1000)
+		if why != dropNone {
+			t.Fatal(why)
+		}
+		why = tr.hello(from, netip.Addr{}, &h, k, now.UnixNano(), reply[:], m)
+		return why, reply[:]
+	}
+	_, old := hello(now.Add(-time.Second), 1)
+	why, first := hello(now, 2)
+	chal, ok := decodeChallenge(first, m, &alice.mac, bytes.Repeat([]byte{2}, nonceLen))
+	if why != dropNone || !ok {
+		t.Fatalf("a later hello: %v, challenge ok %v", why, ok)
+	}
+	knockAt := func(pos int, port uint16) dropReason {
+		var b [wireLen]byte
+		encodeKnock(b[:], m, alice, pos, port, chal.nonceS, from.Addr())
+		tok, _ := decodeKnock(b[:])
+		k := knock{from: keyOf(from.Addr()), srcPort: from.Port(), port: up(port), ts: time.Now().UnixNano()}
+		return tr.authKnock(&k, &tok, m, newOutbox(1))
+	}
+	if why := knockAt(0, 1000); why != dropNone {
+		t.Fatal(why)
+	}
+	if why, _ := hello(now.Add(-time.Second), 1); why != dropReplay {
+		t.Fatalf("an older hello sent again: %v, want replay", why)
+	}
+	if why, again := hello(now, 2); why != dropNone || !bytes.Equal(again, first) {
+		t.Fatalf("a retransmitted hello must get the same challenge: %v", why)
+	}
+	if knockAt(1, 2000) != dropNone || knockAt(2, 3000) != dropNone || rec.unlocked("192.0.2.1") != 1 {
+		t.Fatalf("the attempt did not survive the replayed hello: %+v", rec.events)
+	}
+	if bytes.Equal(old, first) {
+		t.Fatal("two hellos got one challenge")
+	}
+}
+
+func TestWirePaddingMustBeZero(t *testing.T) {
+	k := newUserKey("", []byte("padding-key-0123456789abcdef0123456789"))
+	m := newMACScratch()
+	var b [wireLen]byte
+	encodeKnock(b[:], m, k, 0, 1000, make([]byte, nonceLen), netip.MustParseAddr("192.0.2.1"))
+	if _, ok := decodeKnock(b[:]); !ok {
+		t.Fatal("a good knock refused")
+	}
+	b[20] = 1
+	if _, ok := decodeKnock(b[:]); ok {
+		t.Fatal("a knock with non-zero padding accepted")
+	}
+	encodeHello(b[:], m, k, 1000, 1, make([]byte, nonceLen))
+	b[40] = 1
+	keys := &keyring{byID: map[[keyIDLen]byte]*userKey{k.id: k}}
+	if _, _, why := decodeHello(b[:], m, keys, 1000); why != dropMalformed {
+		t.Fatalf("a hello with non-zero padding: %v", why)
+	}
+}
+
+func TestPublicAddresses(t *testing.T) {
+	for addr, want := range map[string]bool{"8.8.8.8": true, "2a00:1450::1": true, "10.1.2.3": false, "192.168.1.1": false,
+		"100.64.1.1": false, "127.0.0.1": false, "192.0.2.1": false, "2001:db8::1": false, "fe80::1": false, "fd00::1": false} {
+		if got := public(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("public(%s) = %v, want %v", addr, got, want)
+		}
 	}
 }

@@ -9,6 +9,7 @@
 //	loadgen send -ports ... -repeat 5                      (every knock 5 times, no gap)
 //	loadgen sink -ports ...                               (counts until -idle passes quietly)
 //	loadgen bench -knockknock BIN [-knockd BIN] -out DIR   (scripts/bench.sh: all cases, 3 servers)
+//	loadgen conns -port 8080 -idle 5000 -slow 200         (holds connections to a TCP service: conns.go)
 //
 // Client i sends from 127.1.0.1 + i (Linux: IP_PKTINFO picks each datagram's source address on one
 // socket, so 100,000 clients need no 100,000 sockets). Both modes print one JSON object.
@@ -37,13 +38,17 @@ import (
 )
 
 func main() {
-	if len(os.Args) < 2 || (os.Args[1] != "send" && os.Args[1] != "sink" && os.Args[1] != "bench") {
-		fmt.Fprintln(os.Stderr, "usage: loadgen send|sink|bench [flags]")
+	if len(os.Args) < 2 || (os.Args[1] != "send" && os.Args[1] != "sink" && os.Args[1] != "bench" && os.Args[1] != "conns") {
+		fmt.Fprintln(os.Stderr, "usage: loadgen send|sink|bench|conns [flags]")
 		os.Exit(2)
 	}
 	mode := os.Args[1]
 	if mode == "bench" {
 		benchMain(os.Args[2:])
+		return
+	}
+	if mode == "conns" {
+		connsMain(os.Args[2:])
 		return
 	}
 	fs := flag.NewFlagSet(mode, flag.ExitOnError)
