@@ -1005,7 +1005,7 @@ func TestAttackExecTimeoutSurvivors(t *testing.T) {
 		waitFor(t, "every case", func() bool { return len(atkExecCalls(p.stderr.String())) == len(group) })
 	}
 	time.Sleep(300 * time.Millisecond) // kills land
-	for _, group := range cases { // every process expected to outlive its call, before any check
+	for _, group := range cases {      // every process expected to outlive its call, before any check
 		for _, c := range group {
 			for file, want := range c.survive {
 				b, _ := os.ReadFile(filepath.Join(dir, file))

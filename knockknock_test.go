@@ -497,13 +497,13 @@ func TestRulesTCPFlagsAndTargets(t *testing.T) {
 		why  failReason
 	}{
 		{newPending(0, portSpec{1, protoTCP}, tcpSYN, 0, 1), verdictAdvanced, reasonNone},
-		{newPending(0, portSpec{3, protoTCP}, tcpSYN | tcpACK, 0, 1), verdictIgnored, reasonNone}, // established traffic
+		{newPending(0, portSpec{3, protoTCP}, tcpSYN|tcpACK, 0, 1), verdictIgnored, reasonNone}, // established traffic
 		{newPending(0, portSpec{3, protoTCP}, tcpRST, 0, 1), verdictIgnored, reasonNone},
 		{newPending(0, portSpec{2, protoUDP}, 0, 0, 2), verdictIgnored, reasonNone}, // sent to another address
 		{newPending(0, portSpec{2, protoTCP}, tcpSYN, 0, 1), verdictRejected, reasonWrongPort},
 		{newPending(0, portSpec{1, protoTCP}, tcpSYN, 0, 1), verdictAdvanced, reasonNone},
 		{newPending(0, portSpec{2, protoUDP}, 0, 0, 1), verdictAdvanced, reasonNone},
-		{newPending(int64(1100 * ms), portSpec{3, protoTCP}, tcpSYN, 0, 1), verdictRejected, reasonTimeout}, // seq_timeout
+		{newPending(int64(1100*ms), portSpec{3, protoTCP}, tcpSYN, 0, 1), verdictRejected, reasonTimeout}, // seq_timeout
 	}
 	for i, s := range steps {
 		if s.k.ts == 0 {
