@@ -111,7 +111,7 @@ type globalOptions struct {
 	SecretFile   string   `long:"secret-file" value-name:"FILE" description:"shared key: only authenticated knocks count (mode 0600, owned by this user)"`
 	Keys         string   `long:"keys" value-name:"FILE|DIR" description:"per-user keys: 'NAME KEY' lines, or a directory of key files named after their users (mode 0600)"`
 	MaxSkew      string   `long:"max-skew" default:"30s" value-name:"DUR" description:"authenticated knocks: how old or new a client's hello may be"`
-	MaxClients   string   `long:"max-clients" default:"65536" value-name:"N" description:"most clients with an attempt in progress tracked at once; first knocks get 8 times as many compact slots, challenges twice as many"`
+	MaxClients   string   `long:"max-clients" default:"65536" value-name:"N" description:"most clients with an attempt in progress tracked at once; first knocks get 6 times as many compact slots, challenges twice as many"`
 	BanAfter     string   `long:"ban-after" default:"0" value-name:"N" description:"ban a source after N failed attempts within --ban-window (0: off)"`
 	BanWindow    string   `long:"ban-window" default:"10m" value-name:"DUR" description:"window in which failed attempts are counted"`
 	BanTime      string   `long:"ban-time" default:"1h" value-name:"DUR" description:"how long a ban lasts"`
@@ -901,14 +901,15 @@ type progress struct {
 	lastPort portSpec // the port of the previous knock (last is 0 before the first)
 }
 
-// pendingKnock is a knock as the tracker keeps it: 16 bytes, no pointers.
+// pendingKnock is a knock as the tracker handles it: a plain value, no pointers. Client records
+// keep their pending knocks packed (see pendingSlots).
 type pendingKnock struct {
 	ts      int64 // when the kernel received it (unix ns)
+	later   int64 // when the latest duplicate merged into it was received; 0: none
 	port    uint16
 	srcPort uint16
-	flags   uint8  // TCP flags
-	meta    uint8  // bit 7: settled (a compact first knock whose effect was applied); bit 6: TCP; bits 0-5: target
-	later   uint16 // when the latest duplicate merged into it arrived, as a delay (see encodeDelay); 0: none
+	flags   uint8 // TCP flags
+	meta    uint8 // bit 7: settled (a compact first knock whose effect was applied); bit 6: TCP; bits 0-5: target
 }
 
 const (
@@ -940,46 +941,63 @@ func (k *pendingKnock) target() uint8 { return k.meta & metaTarget }
 
 func (k *pendingKnock) settled() bool { return k.meta&metaSettled != 0 }
 
-// laterCopy is when the latest duplicate merged into this knock arrived, or 0.
-func (k *pendingKnock) laterCopy() int64 {
-	if k.later == 0 {
-		return 0
-	}
-	return k.ts + decodeDelay(k.later)
-}
-
 // mergeCopy records a duplicate received at ts, before or after this knock: the knock keeps
 // the earlier time, and remembers the latest, so that a knock that turns out to lie between
 // them can put a copy back after itself (see tracker.add).
 func (k *pendingKnock) mergeCopy(ts int64, srcPort uint16) {
-	latest := max(k.laterCopy(), k.ts, ts)
+	latest := max(k.later, k.ts, ts)
 	if ts < k.ts {
 		k.ts, k.srcPort = ts, srcPort
 	}
 	k.later = 0
 	if latest > k.ts {
-		k.later = encodeDelay(latest - k.ts)
+		k.later = latest
 	}
 }
 
-// encodeDelay stores a positive delay in 16 bits as a small float, rounded up: exact below
-// 2,048 ns, then with 11 significant bits, up to about 73 minutes.
-func encodeDelay(ns int64) uint16 {
-	if ns < 2048 {
-		return uint16(max(ns, 1))
-	}
-	e := bits.Len64(uint64(ns)) - 11
-	m := (ns + int64(1)<<e - 1) >> e
-	if m == 2048 {
-		m, e = 1024, e+1
-	}
-	if e > 31 {
-		return math.MaxUint16
-	}
-	return uint16(e)<<11 | uint16(m)
+// pendingSlots are a client's knocks not yet settled, sorted by receive time, packed field by
+// field: 72 bytes for four, where an array of pendingKnock would take 96. A merged duplicate's
+// time is kept as an offset: copies are at most a second apart.
+type pendingSlots struct {
+	ts    [pendingMax]int64
+	later [pendingMax]uint32 // ns after ts; 0: none
+	port  [pendingMax]uint16
+	src   [pendingMax]uint16
+	flags [pendingMax]uint8
+	meta  [pendingMax]uint8
 }
 
-func decodeDelay(u uint16) int64 { return int64(u&2047) << (u >> 11) }
+func (p *pendingSlots) get(i int) pendingKnock {
+	k := pendingKnock{ts: p.ts[i], port: p.port[i], srcPort: p.src[i], flags: p.flags[i], meta: p.meta[i]}
+	if p.later[i] != 0 {
+		k.later = k.ts + int64(p.later[i])
+	}
+	return k
+}
+
+func (p *pendingSlots) set(i int, k pendingKnock) {
+	p.ts[i], p.port[i], p.src[i], p.flags[i], p.meta[i], p.later[i] = k.ts, k.port, k.srcPort, k.flags, k.meta, 0
+	if d := k.later - k.ts; k.later != 0 && d > 0 {
+		p.later[i] = uint32(min(d, math.MaxUint32))
+	}
+}
+
+// insert puts k at i, moving the n knocks from i on up one place.
+func (p *pendingSlots) insert(i, n int, k pendingKnock) {
+	for j := n; j > i; j-- {
+		p.set(j, p.get(j-1))
+	}
+	p.set(i, k)
+}
+
+// shift removes the first of n knocks and returns it.
+func (p *pendingSlots) shift(n int) pendingKnock {
+	k := p.get(0)
+	for j := 1; j < n; j++ {
+		p.set(j-1, p.get(j))
+	}
+	return k
+}
 
 // rules are one door's semantics, applied to one client's knocks in time order.
 type rules struct {
@@ -1594,20 +1612,18 @@ const (
 	chunkSize          = 1 << chunkBits
 	preallocateClients = 1 << 17
 	compactWays        = 16 // slots per bucket of the compact tables
-	firstKnockFactor   = 8  // compact first-knock slots per --max-clients
+	firstKnockFactor   = 6  // compact first-knock slots per --max-clients
 	challengeFactor    = 2  // challenge slots per --max-clients
 )
 
-// client is a tracked source address with two knocks or more: its knocks not yet settled, the
-// last settled one (to recognise duplicates), and its place in the shard's least-recently-seen
-// list. Its progress on each door, and its authentication state, live in parallel chunks.
+// client is a tracked source address with two knocks or more: its knocks not yet settled and
+// its place in the shard's least-recently-seen list. Its progress on each door (which also
+// tells its last settled knock), and its authentication state, live in parallel chunks.
 type client struct {
 	key        addrKey
 	prev, next int32
-	lastTs     int64 // the last settled knock
-	lastPort   portSpec
 	npending   uint8
-	pending    [pendingMax]pendingKnock
+	pending    pendingSlots
 }
 
 // firstKnock is a compact slot: a source address that has knocked once.
@@ -1721,9 +1737,9 @@ func newTracker(c *config, emit func([]event)) *tracker {
 		s.head, s.tail = noSlot, noSlot
 		buckets := max(1, (s.limit*firstKnockFactor+compactWays-1)/compactWays)
 		if t.auth {
-			s.chals = make([]challenge, max(1, (s.limit*challengeFactor+compactWays-1)/compactWays)*compactWays)
+			s.chals = offHeap[challenge](t, max(1, (s.limit*challengeFactor+compactWays-1)/compactWays)*compactWays)
 		} else {
-			s.firsts = make([]firstKnock, buckets*compactWays)
+			s.firsts = offHeap[firstKnock](t, buckets*compactWays)
 		}
 	}
 	return t
@@ -1849,7 +1865,8 @@ func (t *tracker) addFirst(s *shard, h uint64, from addrKey, pk pendingKnock, ou
 		if f.pk.settled() { // its effect was applied when it was settled: replay it silently
 			t.applyAll(s, i, c, f.pk, nil)
 		} else {
-			c.pending[0], c.npending = f.pk, 1
+			c.pending.set(0, f.pk)
+			c.npending = 1
 		}
 		f.pk = pendingKnock{}
 		t.add(s, i, pk, out)
@@ -2022,23 +2039,29 @@ func (s *shard) remove(i int32) {
 func (t *tracker) add(s *shard, i int32, pk pendingKnock, out *outbox) {
 	c := s.slot(i)
 	pos := int(c.npending)
-	for pos > 0 && c.pending[pos-1].ts > pk.ts {
+	for pos > 0 && c.pending.ts[pos-1] > pk.ts {
 		pos--
 	}
-	if pos > 0 && t.duplicate(&c.pending[pos-1], &pk) {
-		c.pending[pos-1].mergeCopy(pk.ts, pk.srcPort)
-		return
+	if pos > 0 {
+		if prev := c.pending.get(pos - 1); t.duplicate(&prev, &pk) {
+			prev.mergeCopy(pk.ts, pk.srcPort)
+			c.pending.set(pos-1, prev)
+			return
+		}
 	}
-	if pos < int(c.npending) && t.duplicate(&c.pending[pos], &pk) {
-		c.pending[pos].mergeCopy(pk.ts, pk.srcPort) // the earlier copy is the original
-		return
+	if pos < int(c.npending) {
+		if next := c.pending.get(pos); t.duplicate(&next, &pk) {
+			next.mergeCopy(pk.ts, pk.srcPort) // the earlier copy is the original
+			c.pending.set(pos, next)
+			return
+		}
 	}
-	if pos == 0 && c.lastTs != 0 {
+	if lastTs, lastPort := lastSettled(s.progress(i, len(t.doors))); pos == 0 && lastTs != 0 {
 		// Older than a knock already settled: it comes too late to be put in its place (a
 		// sequence completed without it, or it is more than the reorder window late). In time
 		// order it was a duplicate or a knock that must not undo what is settled: drop it.
-		last := newPending(c.lastTs, c.lastPort, 0, 0, 0)
-		if pk.ts < c.lastTs || t.duplicate(&last, &pk) {
+		last := newPending(lastTs, lastPort, 0, 0, 0)
+		if pk.ts < lastTs || t.duplicate(&last, &pk) {
 			return
 		}
 	}
@@ -2052,13 +2075,15 @@ func (t *tracker) add(s *shard, i int32, pk pendingKnock, out *outbox) {
 	// this knock read before the last copies): the copies after it were not duplicates of the
 	// knock before, but a knock of their own after this one. Put the latest back.
 	var split pendingKnock
-	if pos > 0 && c.pending[pos-1].laterCopy() > pk.ts {
-		split = c.pending[pos-1]
-		split.ts, split.later = split.laterCopy(), 0
-		c.pending[pos-1].later = 0
+	if pos > 0 {
+		if prev := c.pending.get(pos - 1); prev.later > pk.ts {
+			split = prev
+			split.ts, split.later = prev.later, 0
+			prev.later = 0
+			c.pending.set(pos-1, prev)
+		}
 	}
-	copy(c.pending[pos+1:c.npending+1], c.pending[pos:c.npending])
-	c.pending[pos] = pk
+	c.pending.insert(pos, int(c.npending), pk)
 	c.npending++
 	t.settle(s, i, pk.ts-reorderWindow, out)
 	if split.ts != 0 && c.npending > 0 {
@@ -2077,13 +2102,14 @@ func (t *tracker) settle(s *shard, i int32, horizon int64, out *outbox) {
 	copy(trial, s.progress(i, len(t.doors)))
 	cut := 0
 	for j := 0; j < int(c.npending) && cut == 0; j++ {
+		pk := c.pending.get(j)
 		for d := range t.doors {
-			if v, _ := t.doors[d].apply(&trial[d], &c.pending[j]); v == verdictUnlocked && t.open(d) {
+			if v, _ := t.doors[d].apply(&trial[d], &pk); v == verdictUnlocked && t.open(d) {
 				cut = j + 1
 			}
 		}
 	}
-	for cut < int(c.npending) && c.pending[cut].ts < horizon {
+	for cut < int(c.npending) && c.pending.ts[cut] < horizon {
 		cut++
 	}
 	for range cut {
@@ -2097,8 +2123,7 @@ func (t *tracker) settle(s *shard, i int32, horizon int64, out *outbox) {
 // knock banned the client.
 func (t *tracker) settleOldest(s *shard, i int32, out *outbox) bool {
 	c := s.slot(i)
-	pk := c.pending[0]
-	copy(c.pending[:], c.pending[1:c.npending])
+	pk := c.pending.shift(int(c.npending))
 	c.npending--
 	return t.applyAll(s, i, c, pk, out)
 }
@@ -2108,7 +2133,6 @@ func (t *tracker) settleOldest(s *shard, i int32, out *outbox) bool {
 // behind the ban can unlock. With out nil it replays a knock whose events were reported already.
 func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *outbox) bool {
 	ps := s.progress(i, len(t.doors))
-	c.lastTs, c.lastPort = pk.ts, pk.spec()
 	stray, failed, unlocked := true, false, false
 	for d := range t.doors {
 		if !t.open(d) {
@@ -2234,7 +2258,21 @@ func (t *tracker) idle(c *client, ps []progress, now int64) bool {
 			return false
 		}
 	}
-	return now-c.lastTs > int64(time.Second)
+	last, _ := lastSettled(ps)
+	return now-last > int64(time.Second)
+}
+
+// lastSettled is a client's last settled knock that some door counted or refused: every door
+// keeps its own last knock, and the latest of them is the client's.
+func lastSettled(ps []progress) (int64, portSpec) {
+	var last int64
+	var port portSpec
+	for i := range ps {
+		if ps[i].last > last {
+			last, port = ps[i].last, ps[i].lastPort
+		}
+	}
+	return last, port
 }
 
 // clients reports how many client records exist now.
@@ -2295,9 +2333,9 @@ func newBans(c *config, _ int) *bans {
 	b.mask = uint64(width - 1)
 	for r := range banRows {
 		b.seeds[r] = maphash.MakeSeed()
-		b.cur = append(b.cur, make([]uint16, width))
-		b.old = append(b.old, make([]uint16, width))
-		b.until = append(b.until, make([]atomic.Uint32, width))
+		b.cur = append(b.cur, offHeap[uint16](b, width))
+		b.old = append(b.old, offHeap[uint16](b, width))
+		b.until = append(b.until, offHeap[atomic.Uint32](b, width))
 	}
 	return b
 }
@@ -3438,6 +3476,26 @@ func procStat(pid int) (ppid int, start uint64, state byte, ok bool) {
 	ppid, err1 := strconv.Atoi(f[1])
 	start, err2 := strconv.ParseUint(f[19], 10, 64)
 	return ppid, start, f[0][0], err1 == nil && err2 == nil
+}
+
+// offHeap returns n zeroed T's in memory the garbage collector neither manages nor scans: an
+// anonymous mapping, whose pages take memory only once written. The compact tables and the ban
+// sketches are made whole at start and hold no pointers; on the heap they would count as live
+// data, and the collector would let the heap grow to twice their size before collecting. The
+// mapping is returned to the system once owner is unreachable (owner must be the only way to
+// reach the slice); where mapping fails, the slice is on the heap. T must hold no pointers.
+func offHeap[T, O any](owner *O, n int) []T {
+	var zero T
+	size := int(unsafe.Sizeof(zero)) * n
+	if size < 1<<16 {
+		return make([]T, n)
+	}
+	b, err := syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		return make([]T, n)
+	}
+	runtime.AddCleanup(owner, func(b []byte) { _ = syscall.Munmap(b) }, b)
+	return unsafe.Slice((*T)(unsafe.Pointer(&b[0])), n)
 }
 
 // recvmsgBuf is a reusable recvmsg call for raw sockets: its buffers, and a function made once,

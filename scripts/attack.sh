@@ -294,7 +294,9 @@ c=$("$lg" conns -port "$S" -idle 5000 -slow 200 -hold 8s -at 1s,4s,7s -refill)
 refused=$(grep -o '"probe":"[^"]*' <<<"$c" | grep -vc ':"served')
 peak=$(peak_kb "$pid")
 stop
-result note "4 persistent attacker" "the same, redialling what the server closes ($(json "$c" redials) redials in 8s): a normal client from another address refused in $refused of 3 tries during the attack, after: $(json "$c" probe_after); peak RSS $(mib "$peak") MiB (256 connections in all: 32 addresses hold the service)"
+status=ok
+{ [ "$refused" -eq 0 ] && [ "$(json "$c" probe_after)" = served ]; } || status=FAIL
+result $status "4 persistent attacker" "the same, redialling what the server closes ($(json "$c" redials) redials in 8s): a normal client from another address refused in $refused of 3 tries during the attack (a newcomer takes the place of the longest-idle connection), after: $(json "$c" probe_after); peak RSS $(mib "$peak") MiB"
 
 # --- 5. duplicates -------------------------------------------------------------------------
 P=$(ports 4)
