@@ -1583,7 +1583,6 @@ type confirmInfo struct {
 	nonceS [16]byte
 	keyID  [8]byte
 	local  addrKey // the address the client knocked: the confirmation comes from it
-	valid  bool
 }
 
 // event is what the tracker reports to the hook runtime. It is a plain value: queueing it
@@ -1596,8 +1595,8 @@ type event struct {
 	srcPort uint16
 	from    addrKey
 	ts      int64
-	elapsed int64 // ns from the attempt's first knock to this one
-	conf    confirmInfo
+	elapsed int64        // ns from the attempt's first knock to this one
+	conf    *confirmInfo // an authenticated unlock's: how to confirm it
 }
 
 // Knocks sent back to back arrive on different sockets, and the goroutines reading them may
@@ -2156,7 +2155,7 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 			e := event{kind: eventUnlock, door: uint16(d), from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts, elapsed: pk.ts - ps[d].first}
 			if t.auth {
 				a := s.authOf(i)
-				e.conf = confirmInfo{nonceS: a.nonceS, keyID: a.keyID, local: a.local, valid: true}
+				e.conf = &confirmInfo{nonceS: a.nonceS, keyID: a.keyID, local: a.local}
 			}
 			out.add(e)
 		}
@@ -4005,15 +4004,16 @@ func (s *server) janitor(stop <-chan struct{}) {
 // One goroutine owns the Lua state and handles events one at a time. Events wait in a fair
 // queue: one FIFO per source prefix (IPv4 /24, IPv6 /48), served in turn, so a flood from some
 // prefixes cannot hold back a client from another, and the events of one client keep their
-// order. The knock path only queues and never waits. When the queue is full, knock and fail
-// events are refused first (they may use half of it), then the newest event of the longest
-// prefix queue makes room: shedding is fair, counted and logged, and an unlock is never refused
-// for a knock or fail event. The runtime takes events in batches; after each batch it calls the
+// order. The knock path only queues and never waits. It holds 262,144 events, of which at most
+// 32,768 knock and fail events: those are refused first. When it is full, the newest event of
+// the longest prefix queue makes room for an unlock: shedding is fair, counted and logged, and
+// an unlock is never refused for a knock or fail event. The runtime takes events in batches; after each batch it calls the
 // hook's optional on_flush (where a firewall hook applies the batch's grants in one command) and
 // then sends the confirmations of the batch's authenticated unlocks.
 
 const (
-	hookQueueLen   = 1 << 16
+	hookQueueLen   = 1 << 18 // events waiting for the hook, at most
+	hookQueueLow   = 1 << 15 // of which knock and fail events
 	batchMax       = 512
 	prefixQuantum  = 16 // events a prefix may hand over per turn
 	maxExecOutput  = 1 << 20
@@ -4042,20 +4042,21 @@ func (p *prefixQueue) len() int { return len(p.events) - p.head }
 
 // eventQueue is the fair queue between the tracker and the hook runtime. Its lock owns it.
 type eventQueue struct {
-	mu      sync.Mutex
-	wake    chan struct{} // one token: there is something to take
-	queues  map[prefixKey]*prefixQueue
-	ring    []*prefixQueue // the prefixes with events, in turn order
-	total   int
-	low     int // knock and fail events queued
-	limit   int
-	largest *prefixQueue // a guess at the longest queue, the first to shed from
-	pool    []*prefixQueue
-	shed    [3]atomic.Uint64 // by event kind
+	mu       sync.Mutex
+	wake     chan struct{} // one token: there is something to take
+	queues   map[prefixKey]*prefixQueue
+	ring     []*prefixQueue // the prefixes with events, in turn order
+	total    int
+	low      int // knock and fail events queued
+	limit    int
+	lowLimit int          // most knock and fail events queued
+	largest  *prefixQueue // a guess at the longest queue, the first to shed from
+	pool     []*prefixQueue
+	shed     [3]atomic.Uint64 // by event kind
 }
 
-func newEventQueue(limit int) *eventQueue {
-	return &eventQueue{wake: make(chan struct{}, 1), queues: map[prefixKey]*prefixQueue{}, limit: limit}
+func newEventQueue(limit, lowLimit int) *eventQueue {
+	return &eventQueue{wake: make(chan struct{}, 1), queues: map[prefixKey]*prefixQueue{}, limit: limit, lowLimit: lowLimit}
 }
 
 // push queues events without ever blocking (the tracker's emit function). It wakes the runtime
@@ -4077,7 +4078,7 @@ func (q *eventQueue) push(events []event) {
 
 func (q *eventQueue) push1(e *event) {
 	low := e.kind != eventUnlock
-	if low && q.low >= q.limit/2 {
+	if low && q.low >= q.lowLimit {
 		q.shed[e.kind].Add(1)
 		return
 	}
@@ -4260,7 +4261,7 @@ type luaValues struct {
 func newHookRuntime(s *server, proto *lua.FunctionProto, dry bool) *hookRuntime {
 	h := &hookRuntime{
 		srv: s, log: s.log, proto: proto, dry: dry,
-		queue:   newEventQueue(hookQueueLen),
+		queue:   newEventQueue(hookQueueLen, hookQueueLow),
 		afters:  make(chan afterCall, 1024),
 		reloads: make(chan chan error),
 		quit:    make(chan struct{}),
@@ -4544,7 +4545,7 @@ func (h *hookRuntime) handleBatch() {
 	for i := range h.batch {
 		e := &h.batch[i]
 		ok := h.dispatch(e)
-		if e.kind == eventUnlock && e.conf.valid {
+		if e.kind == eventUnlock && e.conf != nil {
 			status := byte(confirmUnlocked)
 			if !ok {
 				status = confirmHookFailed
@@ -4674,7 +4675,7 @@ func (h *hookRuntime) nextSequence(d int) {
 }
 
 func (h *hookRuntime) userOf(e *event) string {
-	if !e.conf.valid {
+	if e.conf == nil {
 		return ""
 	}
 	if k := h.srv.tracker.keys.Load().lookup(e.conf.keyID[:]); k != nil {

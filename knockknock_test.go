@@ -724,7 +724,7 @@ func TestLatencyHistogram(t *testing.T) {
 }
 
 func TestEventQueueIsFairUnderOverload(t *testing.T) {
-	q := newEventQueue(1000)
+	q := newEventQueue(1000, 500)
 	flood := make([]event, 0, 5000)
 	for i := range 5000 {
 		flood = append(flood, event{kind: eventUnlock, from: keyOf(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}))})
