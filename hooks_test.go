@@ -504,3 +504,39 @@ func TestSSHDoorsHook(t *testing.T) {
 		t.Errorf("a handler for no door: %v", err)
 	}
 }
+
+// A handler that never uses its ev gets no table; every way of using it is seen.
+func TestReadsFirstParam(t *testing.T) {
+	uses := []string{
+		"return ev", "local x = ev.ip", "print(ev)", "x = ev", "local t = {ev}", "local t = {a = ev}",
+		"local t = {}; t[ev] = 1", "if ev then end", `local s = "a" .. ev.ip`, "knock.after(1, function() print(ev.ip) end)",
+		"local e = ev; print(e)", "for k, v in pairs(ev) do end", "ev.x = 1", "local y = ev == nil", "local y = #ev",
+		"local y = -ev", "local y = not ev", "local a, b = ev, 1", "return print(ev)", "ev:method()",
+		"local a = 1 + ev", "local a = {1, 2, ev}", "while ev do break end", "return ev and 1 or 2",
+		"local function g() return ev end", "repeat until ev", "local a, b, c = 1, 2, ev",
+	}
+	ignores := []string{
+		"", "unlocks = (unlocks or 0) + 1", "local x = 5; print(x)", `knock.log("hi")`, "local function g() end",
+		"knock.after(1, function() print(1) end)", "for i = 1, 10 do end", "local t = {1, 2}", "return 1",
+		"local ev2 = {}; ev2.x = 1", "pending[#pending + 1] = 1",
+	}
+	check := func(body string, want bool) {
+		proto, err := compileHook("t.lua", []byte("pending = {}\nfunction f(ev)\n"+body+"\nend\n"))
+		if err != nil {
+			t.Fatalf("%q: %v", body, err)
+		}
+		if got := readsFirstParam(proto.FunctionPrototypes[0]); got != want {
+			t.Errorf("%q: readsFirstParam = %v, want %v", body, got, want)
+		}
+	}
+	for _, body := range uses {
+		check(body, true)
+	}
+	for _, body := range ignores {
+		check(body, false)
+	}
+	proto, _ := compileHook("t.lua", []byte("function f(...) local ev = ... end"))
+	if !readsFirstParam(proto.FunctionPrototypes[0]) {
+		t.Error("a handler that takes ... may use ev")
+	}
+}

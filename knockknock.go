@@ -1661,7 +1661,9 @@ type shard struct {
 	free       []int32
 	head, tail int32
 	limit      int
-	firsts     []firstKnock // compactWays-way buckets
+	firsts     []firstKnock // compactWays-way buckets, each a ring: a newcomer takes the oldest slot
+	firstTags  []uint8      // per slot: a byte of its key's hash, 0 when free, to look a key up in one cache line
+	firstNext  []uint8      // per bucket: the slot the next newcomer takes
 	chals      []challenge  // compactWays-way buckets, only with keys
 	_          [64]byte     // keep neighbouring shards' locks off one cache line
 }
@@ -1739,6 +1741,8 @@ func newTracker(c *config, emit func([]event)) *tracker {
 			s.chals = offHeap[challenge](t, max(1, (s.limit*challengeFactor+compactWays-1)/compactWays)*compactWays)
 		} else {
 			s.firsts = offHeap[firstKnock](t, buckets*compactWays)
+			s.firstTags = offHeap[uint8](t, buckets*compactWays)
+			s.firstNext = offHeap[uint8](t, buckets)
 		}
 	}
 	return t
@@ -1847,10 +1851,10 @@ func (t *tracker) reportKnock(k *knock, out *outbox) {
 // addFirst handles a knock from an address without a client record: it is a duplicate of the
 // address's first knock, its second knock (the address becomes a client), or its first.
 func (t *tracker) addFirst(s *shard, h uint64, from addrKey, pk pendingKnock, out *outbox) {
-	b := bucket(s.firsts, h)
-	for j := range b {
-		f := &b[j]
-		if f.pk.ts == 0 || f.key != from {
+	base, tag := s.firstBucket(h)
+	for j, tg := range s.firstTags[base : base+compactWays] {
+		f := &s.firsts[base+j]
+		if tg != tag || f.key != from {
 			continue
 		}
 		if t.duplicate(&f.pk, &pk) {
@@ -1867,30 +1871,39 @@ func (t *tracker) addFirst(s *shard, h uint64, from addrKey, pk pendingKnock, ou
 			c.pending.set(0, f.pk)
 			c.npending = 1
 		}
-		f.pk = pendingKnock{}
+		s.clearFirst(base + j)
 		t.add(s, i, pk, out)
 		return
 	}
-	// The address's first knock: take the oldest slot of the bucket.
-	victim := &b[0]
-	for j := 1; j < len(b) && victim.pk.ts != 0; j++ {
-		if b[j].pk.ts == 0 || b[j].pk.ts < victim.pk.ts {
-			victim = &b[j]
-		}
-	}
-	*victim = firstKnock{key: from, pk: pk}
+	// The address's first knock: it takes the bucket's oldest slot.
+	b := base / compactWays
+	j := base + int(s.firstNext[b])
+	s.firstNext[b] = uint8((int(s.firstNext[b]) + 1) % compactWays)
+	s.firsts[j], s.firstTags[j] = firstKnock{key: from, pk: pk}, tag
 	// An unlock never waits: a one-knock door opens now.
 	for d := range t.doors {
 		if r := &t.doors[d]; t.open(d) && len(r.seq) == 1 && r.counts(&pk) && r.seq[0] == pk.spec() {
-			t.settleFirst(s, victim, out)
+			t.settleFirst(s, j, out)
 			return
 		}
 	}
 }
 
-// settleFirst applies a compact first knock to fresh progress on every door: it opens a
+// firstBucket is where a hash's first knock lives: the bucket's first slot, and the tag that
+// marks it (never 0).
+func (s *shard) firstBucket(h uint64) (base int, tag uint8) {
+	b := int((h >> 32) % uint64(len(s.firstNext)))
+	return b * compactWays, uint8(h>>56) | 1
+}
+
+func (s *shard) clearFirst(j int) {
+	s.firsts[j], s.firstTags[j] = firstKnock{}, 0
+}
+
+// settleFirst applies compact first knock j to fresh progress on every door: it opens a
 // one-knock door, starts an attempt, or is a wrong knock.
-func (t *tracker) settleFirst(s *shard, f *firstKnock, out *outbox) {
+func (t *tracker) settleFirst(s *shard, j int, out *outbox) {
+	f := &s.firsts[j]
 	var p progress
 	stray := true
 	for d := range t.doors {
@@ -1909,7 +1922,7 @@ func (t *tracker) settleFirst(s *shard, f *firstKnock, out *outbox) {
 	f.pk.meta |= metaSettled
 	if stray {
 		t.strayFailure(s, f.key, &f.pk, out)
-		f.pk = pendingKnock{} // nothing left to remember once the retransmission window is past
+		s.clearFirst(j) // nothing left to remember once the retransmission window is past
 	}
 }
 
@@ -2228,14 +2241,15 @@ func (t *tracker) sweep(now int64) {
 			}
 			j = next
 		}
-		for j := range s.firsts {
-			f := &s.firsts[j]
-			switch {
-			case f.pk.ts == 0:
+		for j, tag := range s.firstTags { // a byte a slot: the free ones cost nothing more
+			if tag == 0 {
+				continue
+			}
+			switch f := &s.firsts[j]; {
 			case !f.pk.settled() && f.pk.ts < now-reorderWindow:
-				t.settleFirst(s, f, out)
+				t.settleFirst(s, j, out)
 			case f.pk.settled() && now-f.pk.ts > 2*t.maxGap:
-				f.pk = pendingKnock{}
+				s.clearFirst(j)
 			}
 		}
 		for j := range s.chals {
@@ -4213,6 +4227,7 @@ type luaHook struct {
 	doors              [][nHookKinds]*lua.LFunction
 	start, stop, flush *lua.LFunction
 	timer              *callTimer
+	readsEvent         map[*lua.LFunction]bool // whether a handler uses its ev argument at all
 }
 
 type afterCall struct {
@@ -4371,6 +4386,14 @@ func (h *hookRuntime) resolve(hook *luaHook) error {
 		case *lua.LNilType:
 		default:
 			return fmt.Errorf("%s is a %s, not a function", f.name, v.Type())
+		}
+	}
+	hook.readsEvent = map[*lua.LFunction]bool{}
+	for d := range hook.doors {
+		for _, fn := range hook.doors[d] {
+			if fn != nil {
+				hook.readsEvent[fn] = fn.Proto == nil || readsFirstParam(fn.Proto)
+			}
 		}
 	}
 	for d, door := range doors {
@@ -4639,7 +4662,63 @@ func (h *hookRuntime) dispatch(e *event) bool {
 	if fn == nil {
 		return true
 	}
-	return h.call(hookNames[kind], h.hook, fn, h.eventTable(h.hook.L, e, ip, user)) == nil
+	arg := lua.LValue(lua.LNil)
+	if h.hook.readsEvent[fn] {
+		arg = h.eventTable(h.hook.L, e, ip, user)
+	}
+	return h.call(hookNames[kind], h.hook, fn, arg) == nil
+}
+
+// readsFirstParam reports whether a compiled Lua function may use its first parameter: read
+// register 0 in any instruction, capture it in a closure, or reach it through "...". A handler
+// that never names its ev gets no table: building one is most of what an unlock costs a hook
+// that only counts, or that collects nothing per event. It errs on the side of yes.
+func readsFirstParam(p *lua.FunctionProto) bool {
+	if p.NumParameters == 0 {
+		return p.IsVarArg != 0
+	}
+	code := p.Code
+	for pc := 0; pc < len(code); pc++ {
+		inst := code[pc]
+		op, a, b, c := int(inst>>26), int(inst>>18)&0xff, int(inst&0x1ff), int(inst>>9)&0x1ff
+		reads := false
+		switch op {
+		case lua.OP_LOADK, lua.OP_LOADBOOL, lua.OP_LOADNIL, lua.OP_GETUPVAL, lua.OP_GETGLOBAL,
+			lua.OP_NEWTABLE, lua.OP_JMP, lua.OP_VARARG, lua.OP_NOP, lua.OP_CLOSE:
+		case lua.OP_MOVE, lua.OP_UNM, lua.OP_NOT, lua.OP_LEN, lua.OP_GETTABLEKS, lua.OP_TESTSET, lua.OP_CONCAT:
+			reads = b == 0 // CONCAT reads B to C
+		case lua.OP_MOVEN: // MOVE, then C more moves packed in the instructions that follow
+			reads = b == 0
+			for i := 1; i <= c && pc+i < len(code); i++ {
+				reads = reads || int(code[pc+i]&0x1ff) == 0
+			}
+			pc += c
+		case lua.OP_GETTABLE, lua.OP_SELF, lua.OP_ADD, lua.OP_SUB, lua.OP_MUL, lua.OP_DIV, lua.OP_MOD,
+			lua.OP_POW, lua.OP_EQ, lua.OP_LT, lua.OP_LE:
+			reads = b == 0 || c == 0 // register 0, or a constant (RK operands have bit 8 set)
+		case lua.OP_SETTABLE:
+			reads = a == 0 || b == 0 || c == 0
+		case lua.OP_SETTABLEKS:
+			reads = a == 0 || c == 0
+		case lua.OP_SETGLOBAL, lua.OP_SETUPVAL, lua.OP_TEST, lua.OP_CALL, lua.OP_TAILCALL,
+			lua.OP_FORLOOP, lua.OP_FORPREP, lua.OP_TFORLOOP, lua.OP_SETLIST:
+			reads = a == 0 // each reads A, or a range that starts at A
+		case lua.OP_RETURN:
+			reads = a == 0 && b != 1
+		case lua.OP_CLOSURE: // then one MOVE (a local) or GETUPVAL per upvalue of the closure
+			n := int(p.FunctionPrototypes[inst&0x3ffff].NumUpvalues)
+			for i := 1; i <= n && pc+i < len(code); i++ {
+				reads = reads || int(code[pc+i]>>26) == lua.OP_MOVE && int(code[pc+i]&0x1ff) == 0
+			}
+			pc += n
+		default:
+			reads = true
+		}
+		if reads {
+			return true
+		}
+	}
+	return false
 }
 
 // logRecord logs at info level without asking the runtime for the caller's program counter,
