@@ -2,8 +2,10 @@
 # bench.sh: the cost per knock against the floor (issue 8, item 5). One burst of 100,000 clients
 # with no gap (3 knocks each: 300,000 datagrams from 127.1.0.1 + i), received by
 #   socket mode:  a bare UDP sink (the floor) | knockknock, no-op hook, text logs | knockknock,
-#                 JSON logs and a hook that appends a line per unlock ("all-in")
-#   capture mode: a bare raw sink (ip4:udp behind knockknock's BPF filter) | the same two
+#                 JSON logs and a hook that appends a line per unlock to a file it keeps open,
+#                 one write each ("all-in") | the same, opening and closing the file each time
+#                 ("reopen")
+#   capture mode: a bare raw sink (ip4:udp behind knockknock's BPF filter) | the same three
 #                 knockknock cases with --capture
 # each started in the load generator's session ("plain") and in its own ("setsid", as a daemon
 # runs), 5 runs each, interleaved. It prints the receivers' CPU (user + system from /proc), the
