@@ -429,19 +429,7 @@ func (n auNet) cmd(ns string, args ...string) *exec.Cmd {
 // run runs a command in a namespace to completion.
 func (n auNet) run(t *testing.T, ns string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, args...)...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		t.Fatalf("%v did not finish", args)
-	}
-	if err != nil && cmd.ProcessState == nil {
-		t.Fatal(err)
-	}
-	return out.String(), errb.String(), cmd.ProcessState.ExitCode()
+	return runProgram(t, 20*time.Second, "ip", append([]string{"netns", "exec", ns}, args...)...)
 }
 
 // server starts knockknock in the server namespace.

@@ -642,7 +642,7 @@ func capRawReader() {
 		os.Exit(1)
 	}
 	if rc, err := conn.SyscallConn(); err == nil {
-		tuneReceive(rc, syscall.AF_INET) // the server's buffer, timestamps and pktinfo
+		tuneReceive(rc, syscall.AF_INET, captureBuffer) // the server's buffer, timestamps and pktinfo
 	}
 	var n atomic.Int64
 	sig := make(chan os.Signal, 1)

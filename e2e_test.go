@@ -111,14 +111,20 @@ func (p *proc) stopWith(t *testing.T, sig os.Signal) int {
 // runKK runs the binary to completion.
 func runKK(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	return runProgram(t, 30*time.Second, binPath, args...)
+}
+
+// runProgram runs a program to completion, at most limit, and returns its output and exit code.
+func runProgram(t *testing.T, limit time.Duration, name string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binPath, args...)
+	cmd := exec.CommandContext(ctx, name, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	if ctx.Err() != nil {
-		t.Fatalf("knockknock %v did not finish", args)
+		t.Fatalf("%s %v did not finish", filepath.Base(name), args)
 	}
 	if err != nil && cmd.ProcessState == nil {
 		t.Fatal(err)

@@ -3183,7 +3183,8 @@ func (in *intake) check(k *knock, payload []byte, sc *scratch) (int, dropReason)
 // Linux-only; elsewhere knocks are timed when read.
 
 const (
-	receiveBuffer   = 8 << 20
+	receiveBuffer   = 8 << 20  // a bound knock socket's, one per port
+	captureBuffer   = 32 << 20 // a raw socket's, which carries the knocks of every port
 	solSocket       = 0x1 // Linux SOL_SOCKET
 	soRcvbufForce   = 33  // Linux SO_RCVBUFFORCE: lets root raise the buffer past net.core.rmem_max
 	soTimestampNS   = 35  // Linux SO_TIMESTAMPNS
@@ -3216,14 +3217,15 @@ func getSockopt(rc syscall.RawConn, level, opt int) int {
 	return v
 }
 
-// tuneReceive gives a socket a large receive buffer, kernel receive times and destination
-// addresses (Linux); it reports the buffer the kernel granted (twice the size, on Linux).
-func tuneReceive(rc syscall.RawConn, family int) int {
+// tuneReceive gives a socket a receive buffer of size bytes, kernel receive times and
+// destination addresses (Linux); it reports the buffer the kernel granted (twice the size, on
+// Linux), so that a caller can warn when it got less.
+func tuneReceive(rc syscall.RawConn, family, size int) int {
 	if !linux64 {
 		return 0
 	}
-	if setSockopt(rc, solSocket, soRcvbufForce, receiveBuffer) != nil {
-		_ = setSockopt(rc, solSocket, syscall.SO_RCVBUF, receiveBuffer) // capped at net.core.rmem_max
+	if setSockopt(rc, solSocket, soRcvbufForce, size) != nil {
+		_ = setSockopt(rc, solSocket, syscall.SO_RCVBUF, size) // capped at net.core.rmem_max
 	}
 	_ = setSockopt(rc, solSocket, soTimestampNS, 1)
 	if family == syscall.AF_INET6 {
@@ -3593,7 +3595,7 @@ func (s *server) listenUDP(port uint16) (*udpSource, error) {
 		return nil, bindError("UDP", int(port), err)
 	}
 	if rc, err := conn.SyscallConn(); err == nil {
-		if got := tuneReceive(rc, fam); got > 0 && got < receiveBuffer {
+		if got := tuneReceive(rc, fam, receiveBuffer); got > 0 && got < receiveBuffer {
 			s.smallBuffers.Store(int64(got))
 		}
 	}
@@ -3680,7 +3682,7 @@ func (s *server) listenRaw(network string, fam int, p proto, ports []uint16) (*r
 	if fam == syscall.AF_INET6 && p == protoUDP {
 		_ = setSockopt(rc, ipprotoIPv6, ipv6Checksum, 6) // the kernel checks and fills UDP checksums
 	}
-	if got := tuneReceive(rc, fam); got > 0 && got < receiveBuffer {
+	if got := tuneReceive(rc, fam, captureBuffer); got > 0 && got < captureBuffer {
 		s.smallBuffers.Store(int64(got))
 	}
 	r := &rawSource{conn: conn, rc: rc, fam: fam, proto: p, rb: newRecvmsgBuf(), sc: newScratch(len(s.cfg.doors))}

@@ -1049,7 +1049,7 @@ func benchSink(kind string, args []string) {
 				fail(err)
 			}
 			rc, _ := conn.SyscallConn()
-			tuneLikeServer(rc, syscall.AF_INET6)
+			tuneLikeServer(rc, syscall.AF_INET6, 8<<20)
 			n := &paddedCount{}
 			counts = append(counts, n)
 			go func() {
@@ -1093,11 +1093,12 @@ type paddedCount struct {
 	_ [56]byte
 }
 
-// tuneLikeServer sets the receive options knockknock sets (tuneReceive).
-func tuneLikeServer(rc syscall.RawConn, family int) {
+// tuneLikeServer sets the receive options knockknock sets (tuneReceive): size is its
+// receiveBuffer (8 MiB) for a UDP socket, its captureBuffer (32 MiB) for a raw one.
+func tuneLikeServer(rc syscall.RawConn, family, size int) {
 	rc.Control(func(fd uintptr) {
-		if syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, 33, 8<<20) != nil { // SO_RCVBUFFORCE
-			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 8<<20)
+		if syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, 33, size) != nil { // SO_RCVBUFFORCE
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, size)
 		}
 		syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, 35, 1) // SO_TIMESTAMPNS
 		if family == syscall.AF_INET6 {
@@ -1148,7 +1149,7 @@ func newRawSink(ports []uint16) (*rawSink, error) {
 	if err := ipv4.NewPacketConn(conn).SetBPF(raw); err != nil {
 		return nil, err
 	}
-	tuneLikeServer(rc, syscall.AF_INET)
+	tuneLikeServer(rc, syscall.AF_INET, 32<<20)
 	s := &rawSink{conn: conn, rc: rc}
 	s.iov.Base = &s.buf[0]
 	s.iov.SetLen(len(s.buf))
