@@ -3185,9 +3185,9 @@ func (in *intake) check(k *knock, payload []byte, sc *scratch) (int, dropReason)
 const (
 	receiveBuffer   = 8 << 20  // a bound knock socket's, one per port
 	captureBuffer   = 32 << 20 // a raw socket's, which carries the knocks of every port
-	solSocket       = 0x1 // Linux SOL_SOCKET
-	soRcvbufForce   = 33  // Linux SO_RCVBUFFORCE: lets root raise the buffer past net.core.rmem_max
-	soTimestampNS   = 35  // Linux SO_TIMESTAMPNS
+	solSocket       = 0x1      // Linux SOL_SOCKET
+	soRcvbufForce   = 33       // Linux SO_RCVBUFFORCE: lets root raise the buffer past net.core.rmem_max
+	soTimestampNS   = 35       // Linux SO_TIMESTAMPNS
 	ipprotoIP       = 0
 	ipprotoIPv6     = 41
 	ipPktinfo       = 8  // Linux IP_PKTINFO
