@@ -555,7 +555,7 @@ func TestE2EKnockdClientUnlocks(t *testing.T) {
 	waitFor(t, "unlock by knockd's client", func() bool { return s.rec.count("unlock ip=127.0.0.1 ") == 1 })
 }
 
-// nmap must see what SPEC says before and after the knock. Each run scans one port, in an order
+// nmap must see what README says before and after the knock. Each run scans one port, in an order
 // that cannot complete the sequence.
 func TestE2ENmapSeesThePortsChange(t *testing.T) {
 	if _, err := exec.LookPath("nmap"); err != nil {

@@ -69,7 +69,7 @@ func TestRules(t *testing.T) {
 			{1, 0, verdictAdvanced, reasonNone}, {5, 1 * ms, verdictRejected, reasonDecoy},
 			{2, 2 * ms, verdictRejected, reasonWrongPort}, {3, 3 * ms, verdictRejected, reasonWrongPort}}},
 		{"a one-port sequence unlocks at once", []uint16{9}, nil, []knockStep{
-			// The sequence always expects 9 next, so a duplicate is a new knock, as SPEC says.
+			// The sequence always expects 9 next, so a duplicate is a new knock, as README says.
 			{9, 0, verdictUnlocked, reasonNone}, {9, 1 * ms, verdictUnlocked, reasonNone}}},
 		{"two unlocks in a row", []uint16{1, 2}, nil, []knockStep{
 			{1, 0, verdictAdvanced, reasonNone}, {2, 1 * ms, verdictUnlocked, reasonNone},
