@@ -407,7 +407,7 @@ func TestShippedHooksLoad(t *testing.T) {
 			s.cfg.doors = []door{testDoor("openSSH", 1, 2), testDoor("closeSSH", 2, 1)}
 		}
 		s.cfg.hookTimeout, s.cfg.hookName = time.Second, path
-		if _, err := newHookRuntime(s, proto, true).load(proto); err != nil {
+		if _, err := newHookRuntime(s.cfg, s.log, proto, &recordingEffects{}).load(proto); err != nil {
 			t.Errorf("%s: %v", path, err)
 		}
 	}

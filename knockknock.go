@@ -1678,7 +1678,7 @@ type tracker struct {
 	shards    []shard
 	mask      uint64
 	seed      maphash.Seed
-	emit      func([]event) // called without any shard lock held; never blocks
+	emit      func([]event) // called with no shard lock held (an outbox is flushed after the unlock); never blocks
 	wantKnock atomic.Bool   // report every knock (on_knock or --verbose)
 	bans      *bans
 	auth      bool
@@ -3836,7 +3836,7 @@ func (r *rawSource) reply(port uint16, to netip.AddrPort, from netip.Addr, paylo
 
 // server ties the pieces together: sources feed the intake, the intake the tracker, the
 // tracker the hook runtime, and the hook runtime drives the sources and the built-in services
-// through the knock module.
+// through the knock module: the server is its effects.
 type server struct {
 	cfg          *config
 	log          *slog.Logger
@@ -3848,22 +3848,29 @@ type server struct {
 
 	mu       sync.Mutex
 	sources  []source
+	closed   bool // the knock ports are closed for good: the server is shutting down
 	readers  sync.WaitGroup
 	services map[int]*service
 }
 
 func newServer(cfg *config, log *slog.Logger, proto *lua.FunctionProto) *server {
 	s := &server{cfg: cfg, log: log, services: map[int]*service{}, allow: allowList{until: map[addrKey]int64{}}}
-	s.hooks = newHookRuntime(s, proto, false)
+	s.hooks = newHookRuntime(cfg, log, proto, s)
 	s.tracker = newTracker(cfg, s.hooks.queue.push)
+	s.hooks.tracker = s.tracker
 	s.intake = newIntake(cfg, s.tracker)
 	return s
 }
 
-// openKnockPorts opens every source and starts one reader goroutine each: all or none.
+// openKnockPorts opens every source and starts one reader goroutine each: all or none. Once the
+// server is shutting down it refuses.
 func (s *server) openKnockPorts() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		s.log.Warn("knock ports not reopened: the server is shutting down", "event", "open_knock_ports")
+		return errors.New("the server is shutting down")
+	}
 	if len(s.sources) > 0 {
 		return nil
 	}
@@ -3932,6 +3939,16 @@ func (s *server) closeKnockPorts() {
 		src.close()
 	}
 	s.sources = nil
+}
+
+// stopKnocks closes the knock ports for good, at shutdown, and waits for their readers: no
+// knock is taken after it returns, and open_knock_ports is refused.
+func (s *server) stopKnocks() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.closeKnockPorts()
+	s.readers.Wait()
 }
 
 // reply sends a datagram from a knock port: the bound socket, or a raw socket in capture mode.
@@ -4230,21 +4247,86 @@ type luaHook struct {
 	start, stop, flush *lua.LFunction
 	timer              *callTimer
 	readsEvent         map[*lua.LFunction]bool // whether a handler uses its ev argument at all
+	afters             map[*afterCall]bool     // its knock.after callbacks not yet run
 }
 
+// afterCall is a knock.after callback waiting for its time. Its timer hands it to the runtime.
 type afterCall struct {
-	hook *luaHook // the hook fn belongs to: a reload does not orphan a pending callback
-	fn   *lua.LFunction
+	hook  *luaHook // the hook fn belongs to: a reload does not orphan a pending callback
+	fn    *lua.LFunction
+	due   time.Time
+	timer *time.Timer
 }
 
+// effects are what the knock module does to the world: knock ports, services, grants, programs
+// and confirmations. The server is the real one; check loads a hook with a recordingEffects,
+// which does nothing, and unit tests of the knock module read what it recorded.
+type effects interface {
+	openKnockPorts() error
+	closeKnockPorts()
+	startService(spec serviceSpec) error
+	stopService(port int)
+	grant(k addrKey, d time.Duration)
+	revoke(k addrKey)
+	exec(ctx context.Context, cmd *exec.Cmd) (code int, output string, err error)
+	reply(port uint16, to netip.AddrPort, from netip.Addr, payload []byte) error
+}
+
+// recordingEffects records each effect a hook asks for, one line each, and does none of them:
+// everything succeeds, and a program exits 0 with no output.
+type recordingEffects struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (r *recordingEffects) record(format string, args ...any) {
+	r.mu.Lock()
+	r.calls = append(r.calls, fmt.Sprintf(format, args...))
+	r.mu.Unlock()
+}
+
+// recorded returns the calls so far.
+func (r *recordingEffects) recorded() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.calls)
+}
+
+func (r *recordingEffects) openKnockPorts() error { r.record("open_knock_ports"); return nil }
+func (r *recordingEffects) closeKnockPorts()      { r.record("close_knock_ports") }
+func (r *recordingEffects) stopService(port int)  { r.record("stop_service %d", port) }
+func (r *recordingEffects) revoke(k addrKey)      { r.record("revoke %s", k.addr()) }
+
+func (r *recordingEffects) startService(spec serviceSpec) error {
+	r.record("serve port=%d proto=%s allow_only=%v greeting=%q", spec.port, spec.proto, spec.allowOnly, spec.greeting)
+	return nil
+}
+
+func (r *recordingEffects) grant(k addrKey, d time.Duration) { r.record("allow %s %v", k.addr(), d) }
+
+func (r *recordingEffects) exec(_ context.Context, cmd *exec.Cmd) (int, string, error) {
+	r.record("exec %s", strings.Join(cmd.Args, " "))
+	return 0, "", nil
+}
+
+func (r *recordingEffects) reply(port uint16, to netip.AddrPort, _ netip.Addr, payload []byte) error {
+	r.record("reply from %d to %s, %d bytes", port, to, len(payload))
+	return nil
+}
+
+// hookRuntime runs the hook. Its goroutine owns the running hook, the hooks a reload retired
+// whose knock.after callbacks are still pending, and every Lua state.
 type hookRuntime struct {
-	srv        *server
+	cfg        *config
 	log        *slog.Logger
+	fx         effects
+	tracker    *tracker // for keys, one-time sequences and wantKnock; nil for check
 	proto      *lua.FunctionProto
-	dry        bool // check: load the hook without side effects
 	hook       *luaHook
+	retired    []*luaHook // replaced by a reload, kept until their pending callbacks have run
+	stopping   bool       // shutdown has begun: knock.after schedules nothing more
 	queue      *eventQueue
-	afters     chan afterCall
+	afters     chan *afterCall
 	reloads    chan chan error
 	quit       chan struct{}
 	done       chan struct{}
@@ -4275,21 +4357,22 @@ type luaValues struct {
 	ports   []lua.LValue // by port number, filled as they are met
 }
 
-func newHookRuntime(s *server, proto *lua.FunctionProto, dry bool) *hookRuntime {
+// newHookRuntime makes the runtime of a hook compiled from proto, doing its effects through fx.
+func newHookRuntime(cfg *config, log *slog.Logger, proto *lua.FunctionProto, fx effects) *hookRuntime {
 	h := &hookRuntime{
-		srv: s, log: s.log, proto: proto, dry: dry,
+		cfg: cfg, log: log, fx: fx, proto: proto,
 		queue:   newEventQueue(hookQueueLen, hookQueueLow),
-		afters:  make(chan afterCall, 1024),
+		afters:  make(chan *afterCall, 1024),
 		reloads: make(chan chan error),
 		quit:    make(chan struct{}),
 		done:    make(chan struct{}),
-		failLog: rateLimit{log: s.log},
+		failLog: rateLimit{log: log},
 		batch:   make([]event, 0, batchMax),
 		mac:     newMACScratch(),
 	}
 	v := &h.values
 	v.ports = make([]lua.LValue, 65536)
-	for _, d := range s.cfg.doors {
+	for _, d := range cfg.doors {
 		v.doors = append(v.doors, lua.LString(d.name))
 		var seq []lua.LValue
 		for _, p := range d.seq {
@@ -4322,7 +4405,7 @@ func compileHook(name string, src []byte) (*lua.FunctionProto, error) {
 // door name (with "*" for the doors it does not name). Every door needs an on_unlock.
 func (h *hookRuntime) load(proto *lua.FunctionProto) (*luaHook, error) {
 	L := lua.NewState(lua.Options{RegistryMaxSize: 1 << 22})
-	hook := &luaHook{L: L, timer: newCallTimer()}
+	hook := &luaHook{L: L, timer: newCallTimer(), afters: map[*afterCall]bool{}}
 	h.installModule(hook)
 	err := h.protect(hook, func() error {
 		L.Push(L.NewFunctionFromProto(proto))
@@ -4332,14 +4415,14 @@ func (h *hookRuntime) load(proto *lua.FunctionProto) (*luaHook, error) {
 		err = h.resolve(hook)
 	}
 	if err != nil {
-		L.Close()
-		return nil, usagef("hook %s: %s", h.srv.cfg.hookName, err)
+		h.discard(hook, "")
+		return nil, usagef("hook %s: %s", h.cfg.hookName, err)
 	}
 	return hook, nil
 }
 
 func (h *hookRuntime) resolve(hook *luaHook) error {
-	L, doors := hook.L, h.srv.cfg.doors
+	L, doors := hook.L, h.cfg.doors
 	hook.doors = make([][nHookKinds]*lua.LFunction, len(doors))
 	for kind, name := range hookNames {
 		switch v := L.GetGlobal(name).(type) {
@@ -4484,7 +4567,7 @@ func (t *callTimer) expire() {
 // protect runs fn under the hook timeout and turns a Lua error, a cancellation or a panic in the
 // Lua runtime into one line of text.
 func (h *hookRuntime) protect(hook *luaHook, fn func() error) (err error) {
-	timeout := h.srv.cfg.hookTimeout
+	timeout := h.cfg.hookTimeout
 	ctx := hook.timer.begin(timeout)
 	hook.L.SetContext(ctx)
 	defer func() {
@@ -4525,10 +4608,13 @@ func (h *hookRuntime) start(hook *luaHook, reason string) error {
 	return h.call("on_start", hook, hook.start, lua.LString(reason))
 }
 
-// run handles events until stop is called. The hook's on_start has run already.
+// run installs hook, unless it is the running hook already, and handles events until stop is
+// called. The hook's on_start has run already.
 func (h *hookRuntime) run(hook *luaHook) {
 	defer close(h.done)
-	h.hook = hook
+	if h.hook != hook {
+		h.installHook(hook, false)
+	}
 	for {
 		h.batch = h.queue.pop(h.batch[:0], batchMax)
 		if len(h.batch) > 0 {
@@ -4551,11 +4637,10 @@ func (h *hookRuntime) wait(block bool) bool {
 	}
 	select {
 	case <-h.quit:
-		h.drain()
-		h.call("on_stop", h.hook, h.hook.stop, lua.LString("shutdown"))
+		h.shutdown()
 		return true
 	case a := <-h.afters:
-		h.call("knock.after callback", a.hook, a.fn)
+		h.runAfter(a)
 	case reply := <-h.reloads:
 		reply <- h.reload()
 	case <-wake:
@@ -4592,15 +4677,15 @@ func (h *hookRuntime) handleBatch() {
 
 // confirm sends an authenticated unlock's confirmation from the final knock's port.
 func (h *hookRuntime) confirm(e *event, status byte) {
-	key := h.srv.tracker.keys.Load().lookup(e.conf.keyID[:])
-	if key == nil || h.dry {
+	key := h.tracker.keys.Load().lookup(e.conf.keyID[:])
+	if key == nil {
 		return
 	}
 	var b [wireLen]byte
-	encodeConfirm(b[:], h.mac, &key.mac, e.conf.nonceS[:], status, h.srv.cfg.doors[e.door].name)
+	encodeConfirm(b[:], h.mac, &key.mac, e.conf.nonceS[:], status, h.cfg.doors[e.door].name)
 	to := netip.AddrPortFrom(e.from.addr(), e.srcPort)
-	if err := h.srv.reply(e.port.port, to, e.conf.local.addr(), b[:]); err != nil {
-		h.log.Warn("confirmation not sent", "event", "confirm", "ip", to.Addr().String(), "door", h.srv.cfg.doors[e.door].name, "err", err.Error())
+	if err := h.fx.reply(e.port.port, to, e.conf.local.addr(), b[:]); err != nil {
+		h.log.Warn("confirmation not sent", "event", "confirm", "ip", to.Addr().String(), "door", h.cfg.doors[e.door].name, "err", err.Error())
 	}
 }
 
@@ -4619,14 +4704,121 @@ func (h *hookRuntime) drain() {
 	}
 }
 
+// shutdown ends the runtime: the queued events are handled first (for at most shutdownGrace);
+// then every knock.after callback still pending runs now, in the order they were due, so that
+// what a hook meant to close later is closed; then on_stop("shutdown"); then every Lua state is
+// closed. From the first early callback on, knock.after schedules nothing.
+func (h *hookRuntime) shutdown() {
+	h.drain()
+	h.stopping = true
+	h.runEarly()
+	h.call("on_stop", h.hook, h.hook.stop, lua.LString("shutdown"))
+	h.closeAll()
+}
+
+// runEarly runs every pending knock.after callback, of the running hook and of retired ones,
+// each under the hook timeout and logged.
+func (h *hookRuntime) runEarly() {
+	var early []*afterCall
+	inFlight := map[*afterCall]bool{}
+	for _, hook := range append(slices.Clone(h.retired), h.hook) {
+		for a := range hook.afters {
+			if !a.timer.Stop() {
+				inFlight[a] = true // its timer fired: it is on its way to h.afters
+			}
+			early = append(early, a)
+		}
+	}
+	for len(inFlight) > 0 {
+		delete(inFlight, <-h.afters)
+	}
+	slices.SortFunc(early, func(a, b *afterCall) int { return a.due.Compare(b.due) })
+	for _, a := range early {
+		if a.hook.afters[a] {
+			h.log.Info("knock.after callback run early: shutting down", "event", "shutdown", "due_in", time.Until(a.due).Round(time.Millisecond).String())
+		}
+		h.runAfter(a)
+	}
+}
+
+// runAfter runs a knock.after callback in the state of the hook that scheduled it, unless it
+// was dropped with that hook.
+func (h *hookRuntime) runAfter(a *afterCall) {
+	if !a.hook.afters[a] {
+		return
+	}
+	delete(a.hook.afters, a)
+	h.call("knock.after callback", a.hook, a.fn)
+	h.release(a.hook)
+}
+
 func (h *hookRuntime) stop() {
 	close(h.quit)
 	<-h.done
 }
 
+// installHook makes fresh the running hook and sets what derives from it: the tracker reports
+// every knock if --verbose is on or some door has an on_knock. It retires the hook it replaces:
+// a broken one (a runtime panic) is closed at once and its pending knock.after callbacks are
+// dropped, each logged; any other keeps its state until its pending callbacks have run in it.
+func (h *hookRuntime) installHook(fresh *luaHook, oldBroken bool) {
+	old := h.hook
+	h.hook = fresh
+	if h.tracker != nil {
+		want := h.cfg.verbose
+		for d := range fresh.doors {
+			want = want || fresh.doors[d][hookKnock] != nil
+		}
+		h.tracker.wantKnock.Store(want)
+	}
+	switch {
+	case old == nil || old == fresh:
+	case oldBroken:
+		h.discard(old, "its Lua state was replaced after a runtime panic")
+	default:
+		h.retired = append(h.retired, old)
+		h.release(old)
+	}
+}
+
+// release closes a retired hook's state once none of its callbacks is pending.
+func (h *hookRuntime) release(hook *luaHook) {
+	if hook == h.hook || len(hook.afters) > 0 || hook.L.IsClosed() {
+		return
+	}
+	hook.L.Close()
+	h.retired = slices.DeleteFunc(h.retired, func(r *luaHook) bool { return r == hook })
+}
+
+// discard closes a hook's state now, dropping the callbacks it has pending; why, unless empty,
+// is logged for each.
+func (h *hookRuntime) discard(hook *luaHook, why string) {
+	for a := range hook.afters {
+		a.timer.Stop() // one that fired already is dropped when it arrives
+		if why != "" {
+			h.log.Warn("knock.after callback dropped: "+why, "event", "hook_error", "due_in", time.Until(a.due).Round(time.Millisecond).String())
+		}
+	}
+	clear(hook.afters)
+	if !hook.L.IsClosed() {
+		hook.L.Close()
+	}
+	h.retired = slices.DeleteFunc(h.retired, func(r *luaHook) bool { return r == hook })
+}
+
+// closeAll closes every state, the running hook's and the retired ones'.
+func (h *hookRuntime) closeAll() {
+	for _, hook := range slices.Clone(h.retired) {
+		h.discard(hook, "the server is shutting down")
+	}
+	if h.hook != nil {
+		h.discard(h.hook, "the server is shutting down")
+	}
+}
+
 // dispatch logs an event and calls its door's handler; it reports whether the call succeeded.
 func (h *hookRuntime) dispatch(e *event) bool {
-	d := h.srv.cfg.doors[e.door]
+	d := h.cfg.doors[e.door]
 	ip := e.from.addr().String()
 	user := h.userOf(e)
 	a := h.attrs[:0]
@@ -4652,7 +4844,7 @@ func (h *hookRuntime) dispatch(e *event) bool {
 			h.logRecord(time.Now().UnixNano(), "knock failed", a)
 		}
 	case eventKnock:
-		if h.srv.cfg.verbose {
+		if h.cfg.verbose {
 			a = append(a, slog.String("event", "knock"), slog.String("ip", ip), slog.Int("port", int(e.port.port)),
 				slog.String("proto", e.port.proto.String()), slog.Int("source_port", int(e.srcPort)))
 			h.logRecord(time.Now().UnixNano(), "knock", a)
@@ -4737,7 +4929,7 @@ func (h *hookRuntime) logRecord(unixNano int64, msg string, attrs []slog.Attr) {
 
 // nextSequence uses up a one-time door's sequence, as knockd does, and sets the next one.
 func (h *hookRuntime) nextSequence(d int) {
-	door := &h.srv.cfg.doors[d]
+	door := &h.cfg.doors[d]
 	seq, err := useOneTimeSequence(door.oneTime)
 	switch {
 	case err != nil:
@@ -4750,7 +4942,7 @@ func (h *hookRuntime) nextSequence(d int) {
 		for _, p := range seq {
 			h.values.seqs[d] = append(h.values.seqs[d], lua.LNumber(p.port))
 		}
-		h.srv.tracker.setSequence(d, seq)
+		h.tracker.setSequence(d, seq)
 		h.log.Info("next one-time sequence", "event", "sequence", "door", door.name, "file", door.oneTime)
 	}
 }
@@ -4759,7 +4951,7 @@ func (h *hookRuntime) userOf(e *event) string {
 	if e.conf == nil {
 		return ""
 	}
-	if k := h.srv.tracker.keys.Load().lookup(e.conf.keyID[:]); k != nil {
+	if k := h.tracker.keys.Load().lookup(e.conf.keyID[:]); k != nil {
 		return k.name
 	}
 	return ""
@@ -4811,29 +5003,34 @@ func (h *hookRuntime) call(name string, hook *luaHook, fn *lua.LFunction, args .
 	}
 	h.log.Error("hook failed", "event", "hook_error", "hook", name, "err", err.Error())
 	var p *runtimePanic
-	if errors.As(err, &p) && hook == h.hook {
-		h.replaceState()
+	if errors.As(err, &p) && !h.stopping {
+		if hook == h.hook {
+			h.replaceState()
+		} else if slices.Contains(h.retired, hook) {
+			h.discard(hook, "its Lua state was closed after a runtime panic")
+		}
 	}
 	return err
 }
 
-// replaceState starts the hook afresh after a panic inside the Lua runtime. Its globals are lost.
+// replaceState starts the hook afresh after a panic inside the Lua runtime, and closes the
+// broken state. Its globals are lost.
 func (h *hookRuntime) replaceState() {
 	fresh, err := h.load(h.proto)
 	if err != nil {
 		h.log.Error("hook could not be restarted; keeping the old state", "event", "hook_error", "err", err.Error())
 		return
 	}
-	h.hook = fresh
+	h.installHook(fresh, true)
 	h.log.Warn("hook state replaced after a runtime panic: its globals were reset", "event", "hook_reload")
 }
 
 // reload re-reads the hook file. The new hook's on_start("reload") runs first: if it fails,
 // the new hook is dropped and the old one goes on, its rules in place. Only then does the old
 // hook's on_stop("reload") run. Callbacks the old state scheduled with knock.after still run,
-// in the old state.
+// in the old state, which is closed after the last of them.
 func (h *hookRuntime) reload() error {
-	cfg := h.srv.cfg
+	cfg := h.cfg
 	if cfg.hookPath == "" {
 		return nil // an embedded hook has no file to read again
 	}
@@ -4850,10 +5047,12 @@ func (h *hookRuntime) reload() error {
 		return err
 	}
 	if err := h.start(fresh, "reload"); err != nil {
+		h.discard(fresh, "the new hook's on_start failed")
 		return fmt.Errorf("the new hook's on_start failed: %v", err)
 	}
 	h.call("on_stop", h.hook, h.hook.stop, lua.LString("reload"))
-	h.proto, h.hook = proto, fresh
+	h.proto = proto
+	h.installHook(fresh, false)
 	return nil
 }
 
@@ -4977,7 +5176,7 @@ func (h *hookRuntime) installModule(hook *luaHook) {
 	})
 	mod.RawSetString("config", h.configTable(L))
 	args := L.NewTable()
-	for _, kv := range h.srv.cfg.hookArgs {
+	for _, kv := range h.cfg.hookArgs {
 		args.RawSetString(kv[0], lua.LString(kv[1]))
 	}
 	mod.RawSetString("args", args)
@@ -4993,7 +5192,7 @@ func (h *hookRuntime) installModule(hook *luaHook) {
 
 // configTable is knock.config: a read-only view of the settings and the doors.
 func (h *hookRuntime) configTable(L *lua.LState) *lua.LTable {
-	cfg := h.srv.cfg
+	cfg := h.cfg
 	numbers := func(ports []portSpec) *lua.LTable {
 		t := L.NewTable()
 		for _, p := range ports {
@@ -5060,20 +5259,16 @@ func readOnly(L *lua.LState, data *lua.LTable) *lua.LTable {
 }
 
 func (h *hookRuntime) luaCloseKnockPorts(L *lua.LState) int {
-	if !h.dry {
-		h.srv.closeKnockPorts()
-		h.log.Info("knock ports closed", "event", "close_knock_ports")
-	}
+	h.fx.closeKnockPorts()
+	h.log.Info("knock ports closed", "event", "close_knock_ports")
 	return 0
 }
 
 func (h *hookRuntime) luaOpenKnockPorts(L *lua.LState) int {
-	if !h.dry {
-		if err := h.srv.openKnockPorts(); err != nil {
-			return pushError(L, err)
-		}
-		h.log.Info("knock ports open", "event", "open_knock_ports", "ports", formatSpecs(h.srv.cfg.watchedPorts()))
+	if err := h.fx.openKnockPorts(); err != nil {
+		return pushError(L, err)
 	}
+	h.log.Info("knock ports open", "event", "open_knock_ports", "ports", formatSpecs(h.cfg.watchedPorts()))
 	L.Push(lua.LTrue)
 	return 1
 }
@@ -5110,11 +5305,9 @@ func (h *hookRuntime) luaServe(L *lua.LState) int {
 		L.ArgError(1, fmt.Sprintf("allow must be nil or \"clients\", not %s", allow.String()))
 	}
 	spec.greeting = stringField(L, opts, "greeting", spec.greeting)
-	if !h.dry {
-		if err := h.srv.startService(spec); err != nil {
-			h.log.Error("service not started", "event", "hook_error", "port", spec.port, "err", err.Error())
-			return pushError(L, err)
-		}
+	if err := h.fx.startService(spec); err != nil {
+		h.log.Error("service not started", "event", "hook_error", "port", spec.port, "err", err.Error())
+		return pushError(L, err)
 	}
 	L.Push(lua.LTrue)
 	return 1
@@ -5134,9 +5327,7 @@ func stringField(L *lua.LState, t *lua.LTable, key, def string) string {
 
 func (h *hookRuntime) luaStopService(L *lua.LState) int {
 	port := L.CheckInt(1)
-	if !h.dry {
-		h.srv.stopService(port)
-	}
+	h.fx.stopService(port)
 	return 0
 }
 
@@ -5155,17 +5346,13 @@ func (h *hookRuntime) luaAllow(L *lua.LState) int {
 	if !(secs > 0 && secs <= 365*24*3600) {
 		L.ArgError(2, "seconds must be positive (at most a year)")
 	}
-	if !h.dry {
-		h.srv.allow.grant(k, time.Duration(secs*float64(time.Second)))
-	}
+	h.fx.grant(k, time.Duration(secs*float64(time.Second)))
 	return 0
 }
 
 func (h *hookRuntime) luaRevoke(L *lua.LState) int {
 	k := checkAddr(L, 1)
-	if !h.dry {
-		h.srv.allow.revoke(k)
-	}
+	h.fx.revoke(k)
 	return 0
 }
 
@@ -5178,12 +5365,7 @@ func (h *hookRuntime) luaExec(L *lua.LState) int {
 	for i := range args {
 		args[i] = L.CheckString(i + 2)
 	}
-	if h.dry {
-		L.Push(lua.LNumber(0))
-		L.Push(lua.LString(""))
-		return 2
-	}
-	return runCommand(L, exec.Command(name, args...))
+	return h.runCommand(L, exec.Command(name, args...))
 }
 
 // luaOSExecute is os.execute(cmd) through /bin/sh, as in standard Lua, but under the hook timeout.
@@ -5193,11 +5375,7 @@ func (h *hookRuntime) luaOSExecute(L *lua.LState) int {
 		return 1
 	}
 	cmd := exec.Command("/bin/sh", "-c", L.CheckString(1))
-	if h.dry {
-		L.Push(lua.LNumber(0))
-		return 1
-	}
-	runCommand(L, cmd)
+	h.runCommand(L, cmd)
 	if L.Get(-2) == lua.LNil { // it could not start: nil and the message
 		return 2
 	}
@@ -5205,21 +5383,41 @@ func (h *hookRuntime) luaOSExecute(L *lua.LState) int {
 	return 1
 }
 
-// runCommand runs cmd in a process group of its own. When the hook call is cancelled it kills
-// the group and, on Linux, every process the command started, even one that left the group
-// (setsid, daemonizing): see procTracker.
-func runCommand(L *lua.LState, cmd *exec.Cmd) int {
+// runCommand runs cmd for a hook call, through the effects: it pushes the exit code and the
+// output, or nil and a message when the command could not start, and raises an error when the
+// call was cancelled.
+func (h *hookRuntime) runCommand(L *lua.LState, cmd *exec.Cmd) int {
 	ctx := L.Context()
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	code, out, err := h.fx.exec(ctx, cmd)
+	if ctx.Err() != nil {
+		L.RaiseError("%s cancelled at the hook timeout", cmd.Path)
+	}
+	if err != nil {
+		return pushError(L, err)
+	}
+	L.Push(lua.LNumber(code))
+	L.Push(lua.LString(out))
+	return 2
+}
+
+func (s *server) exec(ctx context.Context, cmd *exec.Cmd) (int, string, error) {
+	return runCommand(ctx, cmd)
+}
+
+// runCommand runs cmd in a process group of its own and returns its exit code and output. When
+// ctx is cancelled it kills the group and, on Linux, every process the command started, even
+// one that left the group (setsid, daemonizing): see procTracker.
+func runCommand(ctx context.Context, cmd *exec.Cmd) (int, string, error) {
 	var out limitedBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.WaitDelay = time.Second
 	started, err := procs.start(cmd)
 	if err != nil {
-		return pushError(L, err)
+		return 0, "", err
 	}
 	killed := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
@@ -5231,18 +5429,13 @@ func runCommand(L *lua.LState, cmd *exec.Cmd) int {
 		<-killed // the call ends when everything it started has
 	}
 	procs.done(cmd.Process.Pid)
-	if ctx.Err() != nil {
-		L.RaiseError("%s cancelled at the hook timeout", cmd.Path)
-	}
 	code := -1
 	if cmd.ProcessState != nil {
 		code = cmd.ProcessState.ExitCode()
 	} else if err != nil {
-		return pushError(L, err)
+		return 0, "", err
 	}
-	L.Push(lua.LNumber(code))
-	L.Push(lua.LString(out.String()))
-	return 2
+	return code, out.String(), nil
 }
 
 // limitedBuffer keeps the first maxExecOutput bytes of a command's output and discards the rest.
@@ -5272,12 +5465,16 @@ func (h *hookRuntime) luaAfter(hook *luaHook, L *lua.LState) int {
 	if !(secs >= 0 && secs <= 365*24*3600) {
 		L.ArgError(1, "seconds must be from 0 to a year")
 	}
-	if h.dry {
+	if h.stopping {
+		h.log.Warn("knock.after at shutdown: the callback will not run", "event", "shutdown", "seconds", secs)
 		return 0
 	}
-	time.AfterFunc(time.Duration(secs*float64(time.Second)), func() {
+	d := time.Duration(secs * float64(time.Second))
+	a := &afterCall{hook: hook, fn: fn, due: time.Now().Add(d)}
+	hook.afters[a] = true
+	a.timer = time.AfterFunc(d, func() {
 		select {
-		case h.afters <- afterCall{hook: hook, fn: fn}:
+		case h.afters <- a:
 		case <-h.done:
 		}
 	})
@@ -5601,6 +5798,9 @@ type allowList struct {
 	mu    sync.Mutex
 	until map[addrKey]int64
 }
+
+func (s *server) grant(k addrKey, d time.Duration) { s.allow.grant(k, d) }
+func (s *server) revoke(k addrKey)                 { s.allow.revoke(k) }
 
 func (a *allowList) grant(k addrKey, d time.Duration) {
 	a.mu.Lock()
@@ -6127,8 +6327,7 @@ func runServer(cl *commandLine, stdout, stderr io.Writer) int {
 
 // runCheck loads the hook without side effects and prints the effective settings.
 func runCheck(cfg *config, proto *lua.FunctionProto, log *slog.Logger, stdout, stderr io.Writer) int {
-	s := &server{cfg: cfg, log: log}
-	h := newHookRuntime(s, proto, true)
+	h := newHookRuntime(cfg, log, proto, &recordingEffects{})
 	hook, err := h.load(proto)
 	if err != nil {
 		return report(err, stdout, stderr)
@@ -6139,7 +6338,7 @@ func runCheck(cfg *config, proto *lua.FunctionProto, log *slog.Logger, stdout, s
 			defined = append(defined, name)
 		}
 	}
-	hook.L.Close()
+	h.discard(hook, "")
 	for _, f := range []struct {
 		name string
 		fn   *lua.LFunction
@@ -6310,16 +6509,12 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, lw *logWrite
 	if err != nil {
 		return fail(err)
 	}
-	wantKnock := cfg.verbose
-	for d := range hook.doors {
-		wantKnock = wantKnock || hook.doors[d][hookKnock] != nil
-	}
-	s.tracker.wantKnock.Store(wantKnock)
+	s.hooks.installHook(hook, false)
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(signals)
 	if err := s.openKnockPorts(); err != nil {
-		hook.L.Close()
+		s.hooks.closeAll()
 		return fail(err)
 	}
 	if n := s.smallBuffers.Load(); n > 0 {
@@ -6327,8 +6522,8 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, lw *logWrite
 			"event", "start", "receive_buffer", n)
 	}
 	if err := s.hooks.start(hook, "start"); err != nil {
-		s.closeKnockPorts()
-		s.readers.Wait()
+		s.stopKnocks()
+		s.hooks.closeAll()
 		s.stopServices()
 		return fail(fmt.Errorf("the hook's on_start failed, so the door could not be closed; stopping: %v", err))
 	}
@@ -6368,8 +6563,9 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, lw *logWrite
 			log.Info("hook reloaded", "event", "hook_reload", "hook", cfg.hookName)
 		}
 	}
-	s.closeKnockPorts()
-	s.readers.Wait()
+	// Knocks stop first; then the hook runtime ends (queued events, pending knock.after
+	// callbacks, on_stop) while the services still run; only then do the services stop.
+	s.stopKnocks()
 	close(stopJanitor)
 	s.hooks.stop()
 	s.stopServices()
