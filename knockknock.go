@@ -1825,7 +1825,7 @@ func (t *tracker) knock(k *knock, out *outbox) dropReason {
 	s := t.shardOf(h)
 	pk := t.pending(k)
 	s.mu.Lock()
-	t.reportKnock(k, out)
+	t.reportKnock(s, h, k, &pk, out)
 	if i, ok := s.index[k.from]; ok {
 		s.touch(i)
 		t.add(s, i, pk, out)
@@ -1842,10 +1842,44 @@ func (t *tracker) pending(k *knock) pendingKnock {
 }
 
 // reportKnock reports a knock itself, before what it causes, when a hook or -v wants it.
-func (t *tracker) reportKnock(k *knock, out *outbox) {
+func (t *tracker) reportKnock(s *shard, h uint64, k *knock, pk *pendingKnock, out *outbox) {
 	if t.wantKnock.Load() {
-		out.add(event{kind: eventKnock, door: t.roles.of(k.port).door, from: k.from, srcPort: k.srcPort, port: k.port, ts: k.ts})
+		d := t.roles.of(k.port).door
+		out.add(event{kind: eventKnock, door: d, from: k.from, srcPort: k.srcPort, port: k.port, ts: k.ts, elapsed: t.elapsed(s, h, k.from, int(d), pk)})
 	}
+}
+
+// elapsed is the time from the first knock of a client's attempt on door d to pk, which has not
+// been added yet: the door's progress, then the client's pending knocks received before pk, then
+// pk. It is 0 when pk starts an attempt, or is a wrong knock outside one.
+func (t *tracker) elapsed(s *shard, h uint64, from addrKey, d int, pk *pendingKnock) int64 {
+	r := &t.doors[d]
+	var p progress
+	if i, ok := s.index[from]; ok {
+		p = s.progress(i, len(t.doors))[d]
+		c := s.slot(i)
+		for j := 0; j < int(c.npending); j++ {
+			if q := c.pending.get(j); q.ts <= pk.ts {
+				r.apply(&p, &q)
+			}
+		}
+	} else {
+		base, tag := s.firstBucket(h)
+		for j, tg := range s.firstTags[base : base+compactWays] {
+			if f := &s.firsts[base+j]; tg == tag && f.key == from && f.pk.ts <= pk.ts {
+				q := f.pk
+				r.apply(&p, &q)
+			}
+		}
+	}
+	before := p
+	if v, _ := r.apply(&p, pk); v == verdictAdvanced || v == verdictUnlocked {
+		return pk.ts - p.first
+	}
+	if before.step > 0 {
+		return pk.ts - before.first
+	}
+	return 0
 }
 
 // addFirst handles a knock from an address without a client record: it is a duplicate of the
@@ -2146,6 +2180,7 @@ func (t *tracker) settleOldest(s *shard, i int32, out *outbox) bool {
 func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *outbox) bool {
 	ps := s.progress(i, len(t.doors))
 	stray, failed, unlocked := true, false, false
+	var failElapsed int64 // of the attempt this knock ended
 	for d := range t.doors {
 		if !t.open(d) {
 			continue
@@ -2161,6 +2196,7 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		}
 		if why != reasonNone && had {
 			failed = true
+			failElapsed = max(failElapsed, pk.ts-first)
 			out.add(event{kind: eventFail, reason: why, door: uint16(d), from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts, elapsed: pk.ts - first})
 		}
 		if v == verdictUnlocked && t.take(d) {
@@ -2182,7 +2218,7 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		failed = true
 	} else if failed && t.bans.fail(c.key, pk.ts) {
 		banned = true
-		out.add(event{kind: eventFail, reason: reasonBanned, door: t.roles.of(pk.spec()).door, from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts})
+		out.add(event{kind: eventFail, reason: reasonBanned, door: t.roles.of(pk.spec()).door, from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts, elapsed: failElapsed})
 	}
 	if banned || t.auth && (unlocked || failed) {
 		// The attempt is over. With keys its challenge is spent: another needs a new hello.
@@ -2828,8 +2864,9 @@ func (t *tracker) authKnock(k *knock, tok *knockToken, m *macScratch, out *outbo
 	} else {
 		s.touch(i)
 	}
-	t.reportKnock(k, out)
-	t.add(s, i, t.pending(k), out)
+	pk := t.pending(k)
+	t.reportKnock(s, h, k, &pk, out)
+	t.add(s, i, pk, out)
 	s.mu.Unlock()
 	t.flush(out)
 	return dropNone
