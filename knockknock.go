@@ -4677,22 +4677,22 @@ func (h *hookRuntime) dispatch(e *event) bool {
 		h.lastUnlock.Store(now)
 		h.latency.record(now - e.ts)
 		a = append(a, slog.String("event", "unlock"), slog.String("door", d.name), slog.String("ip", ip), slog.Int("port", int(e.port.port)),
-			slog.String("proto", e.port.proto.String()), slog.Int("source_port", int(e.srcPort)), slog.Duration("elapsed", time.Duration(e.elapsed)))
+			slog.String("proto", e.port.proto.String()), slog.Int("source_port", int(e.srcPort)), slog.Float64("elapsed", float64(e.elapsed)/1e9))
 		if user != "" {
 			a = append(a, slog.String("user", user))
 		}
-		h.logRecord(now, "unlock", a)
+		h.logRecord(e.ts, "unlock", a)
 	case eventFail:
 		if h.failLog.allow(time.Now()) {
 			a = append(a, slog.String("event", "fail"), slog.String("door", d.name), slog.String("ip", ip), slog.Int("port", int(e.port.port)),
 				slog.String("proto", e.port.proto.String()), slog.String("reason", e.reason.String()))
-			h.logRecord(time.Now().UnixNano(), "knock failed", a)
+			h.logRecord(e.ts, "knock failed", a)
 		}
 	case eventKnock:
 		if h.srv.cfg.verbose {
 			a = append(a, slog.String("event", "knock"), slog.String("ip", ip), slog.Int("port", int(e.port.port)),
 				slog.String("proto", e.port.proto.String()), slog.Int("source_port", int(e.srcPort)))
-			h.logRecord(time.Now().UnixNano(), "knock", a)
+			h.logRecord(e.ts, "knock", a)
 		}
 	}
 	h.attrs = a
@@ -4761,13 +4761,18 @@ func readsFirstParam(p *lua.FunctionProto) bool {
 }
 
 // logRecord logs at info level without asking the runtime for the caller's program counter,
-// which slog's Logger methods do on every line.
+// which slog's Logger methods do on every line. The record's time is unixNano: for an event,
+// when the kernel received the knock it reports, however long the event waited for the hook.
 func (h *hookRuntime) logRecord(unixNano int64, msg string, attrs []slog.Attr) {
 	handler := h.log.Handler()
 	if !handler.Enabled(context.Background(), slog.LevelInfo) {
 		return
 	}
-	r := slog.NewRecord(time.Unix(0, unixNano), slog.LevelInfo, msg, 0)
+	stamp := time.Now()
+	if unixNano != 0 {
+		stamp = time.Unix(0, unixNano)
+	}
+	r := slog.NewRecord(stamp, slog.LevelInfo, msg, 0)
 	r.AddAttrs(attrs...)
 	_ = handler.Handle(context.Background(), r)
 }
@@ -4977,7 +4982,21 @@ func bucketUpper(b int) int64 {
 
 func (l *latencyHistogram) record(ns int64) { l.buckets[latencyBucket(ns)].Add(1) }
 
-// quantile returns an upper bound for the q-quantile, or 0 when nothing was recorded.
+// roundUp2 rounds n up to two significant digits: 2147483648 to 2200000000.
+func roundUp2(n int64) int64 {
+	unit := int64(1)
+	for n/unit >= 100 {
+		unit *= 10
+	}
+	if n > math.MaxInt64-unit {
+		return n
+	}
+	return (n + unit - 1) / unit * unit
+}
+
+// quantile returns an upper bound for the q-quantile, rounded up to two significant digits
+// (the buckets are 25 % wide: more digits would be false precision), or 0 when nothing was
+// recorded.
 func (l *latencyHistogram) quantile(q float64) time.Duration {
 	var total uint64
 	for i := range l.buckets {
@@ -4990,7 +5009,7 @@ func (l *latencyHistogram) quantile(q float64) time.Duration {
 	var seen uint64
 	for i := range l.buckets {
 		if seen += l.buckets[i].Load(); seen >= rank {
-			return time.Duration(bucketUpper(i))
+			return time.Duration(roundUp2(bucketUpper(i)))
 		}
 	}
 	return 0
