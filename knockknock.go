@@ -4279,6 +4279,7 @@ type hookRuntime struct {
 	log        *slog.Logger
 	proto      *lua.FunctionProto
 	dry        bool // check: load the hook without side effects
+	topLevel   bool // a hook's top level is running (load)
 	hook       *luaHook
 	queue      *eventQueue
 	afters     chan afterCall
@@ -4363,6 +4364,8 @@ func (h *hookRuntime) load(proto *lua.FunctionProto) (*luaHook, error) {
 	h.installModule(hook)
 	err := h.protect(hook, func() error {
 		L.Push(L.NewFunctionFromProto(proto))
+		h.topLevel = true
+		defer func() { h.topLevel = false }()
 		return L.PCall(0, 0, nil)
 	})
 	if err == nil {
@@ -5030,6 +5033,7 @@ func (h *hookRuntime) installModule(hook *luaHook) {
 		"exec":              h.luaExec,
 		"after":             func(L *lua.LState) int { return h.luaAfter(hook, L) },
 		"log":               h.luaLog,
+		"arg":               h.luaArg,
 	})
 	mod.RawSetString("config", h.configTable(L))
 	args := L.NewTable()
@@ -5115,8 +5119,11 @@ func readOnly(L *lua.LState, data *lua.LTable) *lua.LTable {
 	return view
 }
 
+// luaCloseKnockPorts is knock.close_knock_ports(). At a hook's top level it is an error: the
+// knock ports open after the hook has loaded, so closing them there would close nothing.
 func (h *hookRuntime) luaCloseKnockPorts(L *lua.LState) int {
-	if !h.dry {
+	h.onlyInHandler(L, "close_knock_ports")
+	if !h.dry && h.knockPortsOpen() {
 		h.srv.closeKnockPorts()
 		h.log.Info("knock ports closed", "event", "close_knock_ports")
 	}
@@ -5124,7 +5131,8 @@ func (h *hookRuntime) luaCloseKnockPorts(L *lua.LState) int {
 }
 
 func (h *hookRuntime) luaOpenKnockPorts(L *lua.LState) int {
-	if !h.dry {
+	h.onlyInHandler(L, "open_knock_ports")
+	if !h.dry && !h.knockPortsOpen() {
 		if err := h.srv.openKnockPorts(); err != nil {
 			return pushError(L, err)
 		}
@@ -5132,6 +5140,20 @@ func (h *hookRuntime) luaOpenKnockPorts(L *lua.LState) int {
 	}
 	L.Push(lua.LTrue)
 	return 1
+}
+
+// onlyInHandler raises a Lua error when fn is called from a hook's top level (while it loads).
+func (h *hookRuntime) onlyInHandler(L *lua.LState, fn string) {
+	if h.topLevel {
+		L.RaiseError("knock.%s: only inside a handler (on_start, on_unlock, ...), not at the hook's top level: the knock ports open after the hook has loaded", fn)
+	}
+}
+
+// knockPortsOpen reports whether the server is listening (or capturing) on the knock ports.
+func (h *hookRuntime) knockPortsOpen() bool {
+	h.srv.mu.Lock()
+	defer h.srv.mu.Unlock()
+	return len(h.srv.sources) > 0
 }
 
 // pushError returns nil, message: the Lua convention for a failure the caller may handle.
@@ -5341,7 +5363,7 @@ func (h *hookRuntime) luaAfter(hook *luaHook, L *lua.LState) int {
 }
 
 // luaLog is knock.log(msg [, fields]): fields become attributes; fields.level may be
-// "debug", "info", "warn" or "error".
+// "debug", "info", "warn" or "error" (any other level is a Lua error).
 func (h *hookRuntime) luaLog(L *lua.LState) int {
 	msg := L.CheckString(1)
 	level := slog.LevelInfo
@@ -5350,7 +5372,10 @@ func (h *hookRuntime) luaLog(L *lua.LState) int {
 		fields.ForEach(func(k, v lua.LValue) {
 			key := k.String()
 			if key == "level" {
-				_ = level.UnmarshalText([]byte(v.String()))
+				var ok bool
+				if level, ok = logLevels[strings.ToLower(v.String())]; !ok || v.Type() != lua.LTString {
+					L.ArgError(2, fmt.Sprintf("level %s: use debug, info, warn or error", luaQuote(v)))
+				}
 				return
 			}
 			attrs = append(attrs, key, luaToAttr(v))
@@ -5358,6 +5383,130 @@ func (h *hookRuntime) luaLog(L *lua.LState) int {
 	}
 	h.log.Log(context.Background(), level, msg, attrs...)
 	return 0
+}
+
+var logLevels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+
+// luaQuote shows a Lua value in an error message: a string quoted, anything else as Lua prints it.
+func luaQuote(v lua.LValue) string {
+	if s, ok := v.(lua.LString); ok {
+		return strconv.Quote(string(s))
+	}
+	return v.String()
+}
+
+// luaArg is knock.arg(name [, {type=, default=, min=, max=, whole=}]): the --hook-arg value of
+// that name, checked and converted. type is "string" (the default), "number", "port" (a whole
+// number from 1 to 65535) or "duration" (seconds, as a number: "30", "1.5", "250ms", "2m");
+// min and max bound a number or a duration, whole asks for a whole number. An absent argument
+// is the default (nil without one); a malformed one is a Lua error naming the argument, its value
+// and what is allowed, so a hook that reads it at its top level fails to load.
+func (h *hookRuntime) luaArg(L *lua.LState) int {
+	name := L.CheckString(1)
+	opts := L.OptTable(2, L.NewTable())
+	field := func(key string) lua.LValue { return opts.RawGetString(key) }
+	typ := "string"
+	switch v := field("type").(type) {
+	case *lua.LNilType:
+	case lua.LString:
+		typ = string(v)
+	default:
+		L.ArgError(2, "type must be a string")
+	}
+	bound := func(key string, def float64) float64 {
+		switch v := field(key).(type) {
+		case *lua.LNilType:
+			return def
+		case lua.LNumber:
+			return float64(v)
+		default:
+			L.ArgError(2, key+" must be a number")
+			return 0
+		}
+	}
+	lo, hi := bound("min", math.Inf(-1)), bound("max", math.Inf(1))
+	whole := lua.LVAsBool(field("whole"))
+	switch typ {
+	case "string", "number", "duration":
+	case "port":
+		lo, hi = max(lo, 1), min(hi, 65535)
+	default:
+		L.ArgError(2, fmt.Sprintf("type %q: use string, number, port or duration", typ))
+	}
+	raw, present := "", false
+	for _, kv := range h.srv.cfg.hookArgs {
+		if kv[0] == name {
+			raw, present = kv[1], true
+		}
+	}
+	if !present {
+		L.Push(field("default"))
+		return 1
+	}
+	if typ == "string" {
+		L.Push(lua.LString(raw))
+		return 1
+	}
+	n, ok := parseArgNumber(typ, raw)
+	if !ok || n < lo || n > hi || whole && n != math.Trunc(n) {
+		L.RaiseError("--hook-arg %s=%s: want %s", name, raw, argWant(typ, lo, hi, whole))
+	}
+	L.Push(lua.LNumber(n))
+	return 1
+}
+
+// argWant says what knock.arg allows.
+func argWant(typ string, lo, hi float64, whole bool) string {
+	var want string
+	switch {
+	case typ == "port":
+		want = "a port number"
+	case typ == "duration" && whole:
+		want = "a whole number of seconds"
+	case typ == "duration":
+		want = "a duration: seconds (30, 1.5) or with a unit (250ms, 2m)"
+	case whole:
+		want = "a whole number"
+	default:
+		want = "a number"
+	}
+	if !math.IsInf(lo, -1) || !math.IsInf(hi, 1) {
+		want += " " + rangeText(lo, hi)
+		if typ == "duration" && !whole {
+			want += " seconds"
+		}
+	}
+	return want
+}
+
+// parseArgNumber reads a hook argument as a number of its type: a decimal number (with an
+// optional sign), a port, or a duration in seconds.
+func parseArgNumber(typ, s string) (float64, bool) {
+	switch typ {
+	case "duration":
+		d, err := parseDuration(s)
+		return d.Seconds(), err == nil
+	case "port":
+		p, err := parsePort(s)
+		return float64(p), err == nil
+	}
+	if !isDecimal(strings.TrimPrefix(s, "-")) {
+		return 0, false
+	}
+	n, err := strconv.ParseFloat(s, 64)
+	return n, err == nil && !math.IsInf(n, 0)
+}
+
+// rangeText says which numbers are allowed: "from 1 to 10", "from 0", "up to 10".
+func rangeText(lo, hi float64) string {
+	num := func(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
+	switch {
+	case math.IsInf(hi, 1):
+		return "from " + num(lo)
+	case math.IsInf(lo, -1):
+		return "up to " + num(hi)
+	}
+	return "from " + num(lo) + " to " + num(hi)
 }
 
 func luaToAttr(v lua.LValue) any {
