@@ -5546,22 +5546,54 @@ type serviceSpec struct {
 }
 
 type service struct {
-	spec serviceSpec
-	http *http.Server
-	udp  *net.UDPConn
+	spec    serviceSpec
+	http    *http.Server
+	udp     *net.UDPConn
+	log     *slog.Logger
+	udpErrs errorLog // the UDP goroutine's
 }
 
+// startService starts the service a spec describes. On a port served already it does nothing
+// when the spec is the same; otherwise it restarts the service with the new spec, and if that
+// fails, restores the old one and returns the error.
 func (s *server) startService(spec serviceSpec) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, running := s.services[spec.port]; running {
+	old, running := s.services[spec.port]
+	if running && old.spec == spec {
 		return nil
 	}
-	svc := &service{spec: spec}
+	if running {
+		old.close()
+		delete(s.services, spec.port)
+	}
+	svc, err := s.openService(spec)
+	if err != nil {
+		if running {
+			if svc, rerr := s.openService(old.spec); rerr == nil {
+				s.services[spec.port] = svc
+			} else {
+				s.log.Error("service stopped: neither the new settings nor the old could be applied", "event", "hook_error", "port", spec.port, "err", rerr.Error())
+			}
+		}
+		return err
+	}
+	s.services[spec.port] = svc
+	msg := "service started"
+	if running {
+		msg = "service changed"
+	}
+	s.log.Info(msg, "event", "serve", "port", spec.port, "proto", spec.proto, "allow", map[bool]string{true: "clients", false: "all"}[spec.allowOnly])
+	return nil
+}
+
+// openService binds a service's sockets and starts serving them: all or none.
+func (s *server) openService(spec serviceSpec) (*service, error) {
+	svc := &service{spec: spec, log: s.log, udpErrs: errorLog{log: s.log}}
 	if spec.proto != "udp" {
 		ln, err := net.Listen("tcp", s.serviceAddr(spec.port))
 		if err != nil {
-			return bindError("TCP", spec.port, err)
+			return nil, bindError("TCP", spec.port, err)
 		}
 		svc.http = &http.Server{
 			Handler:           http.HandlerFunc(svc.serveHTTP),
@@ -5579,23 +5611,28 @@ func (s *server) startService(spec serviceSpec) error {
 		}
 		limited := newLimitListener(ln, allow)
 		svc.http.ConnState = limited.connState
-		go svc.http.Serve(limited)
+		go func() {
+			if err := svc.http.Serve(limited); !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("service stopped accepting TCP connections", "event", "hook_error", "port", spec.port, "err", err.Error())
+			}
+		}()
 	}
 	if spec.proto != "tcp" {
-		addr, _ := net.ResolveUDPAddr("udp", s.serviceAddr(spec.port))
-		conn, err := net.ListenUDP("udp", addr)
+		addr, err := net.ResolveUDPAddr("udp", s.serviceAddr(spec.port))
+		var conn *net.UDPConn
+		if err == nil {
+			conn, err = net.ListenUDP("udp", addr)
+		}
 		if err != nil {
 			if svc.http != nil {
 				svc.http.Close()
 			}
-			return bindError("UDP", spec.port, err)
+			return nil, bindError("UDP", spec.port, err)
 		}
 		svc.udp = conn
 		go svc.serveUDP(&s.allow)
 	}
-	s.services[spec.port] = svc
-	s.log.Info("service started", "event", "serve", "port", spec.port, "proto", spec.proto, "allow", map[bool]string{true: "clients", false: "all"}[spec.allowOnly])
-	return nil
+	return svc, nil
 }
 
 func (s *server) serviceAddr(port int) string {
@@ -5653,6 +5690,8 @@ func (svc *service) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, svc.greetingFor(ip))
 }
 
+// serveUDP answers each datagram with the greeting. Its errors are logged, at most one line a
+// second: a client can cause them (a reply to an address that cannot be reached).
 func (svc *service) serveUDP(allow *allowList) {
 	buf := make([]byte, 2048)
 	for {
@@ -5661,13 +5700,38 @@ func (svc *service) serveUDP(allow *allowList) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			svc.udpErrs.error(time.Now(), "service: UDP read failed", "port", svc.spec.port, "err", err.Error())
+			time.Sleep(10 * time.Millisecond) // a lasting error must not spin
 			continue
 		}
 		if svc.spec.allowOnly && !allow.allowed(keyOf(from.Addr()), time.Now().UnixNano()) {
 			continue
 		}
-		svc.udp.WriteToUDPAddrPort([]byte(svc.greetingFor(from.Addr().Unmap().String())), from)
+		if _, err := svc.udp.WriteToUDPAddrPort([]byte(svc.greetingFor(from.Addr().Unmap().String())), from); err != nil {
+			svc.udpErrs.error(time.Now(), "service: UDP reply not sent", "port", svc.spec.port, "ip", from.Addr().Unmap().String(), "err", err.Error())
+		}
 	}
+}
+
+// errorLog logs errors at most once a second, and says how many it held back. One goroutine
+// owns it.
+type errorLog struct {
+	log    *slog.Logger
+	second int64
+	held   int
+}
+
+func (e *errorLog) error(now time.Time, msg string, args ...any) {
+	if sec := now.Unix(); sec != e.second {
+		e.second = sec
+		if e.held > 0 {
+			args = append(args, "errors_not_logged", e.held)
+		}
+		e.held = 0
+		e.log.Warn(msg, append([]any{"event", "service_error"}, args...)...)
+		return
+	}
+	e.held++
 }
 
 // limitListener bounds the service's connections, in all and per source prefix (an IPv4 /24,
