@@ -5549,7 +5549,6 @@ type service struct {
 	spec    serviceSpec
 	http    *http.Server
 	udp     *net.UDPConn
-	log     *slog.Logger
 	udpErrs errorLog // the UDP goroutine's
 }
 
@@ -5570,11 +5569,12 @@ func (s *server) startService(spec serviceSpec) error {
 	svc, err := s.openService(spec)
 	if err != nil {
 		if running {
-			if svc, rerr := s.openService(old.spec); rerr == nil {
-				s.services[spec.port] = svc
-			} else {
-				s.log.Error("service stopped: neither the new settings nor the old could be applied", "event", "hook_error", "port", spec.port, "err", rerr.Error())
+			prev, rerr := s.openService(old.spec)
+			if rerr == nil {
+				s.services[spec.port] = prev
+				return fmt.Errorf("%w; the service goes on with its previous settings", err)
 			}
+			s.log.Error("service stopped: neither the new settings nor the old could be applied", "event", "hook_error", "port", spec.port, "err", rerr.Error())
 		}
 		return err
 	}
@@ -5589,7 +5589,7 @@ func (s *server) startService(spec serviceSpec) error {
 
 // openService binds a service's sockets and starts serving them: all or none.
 func (s *server) openService(spec serviceSpec) (*service, error) {
-	svc := &service{spec: spec, log: s.log, udpErrs: errorLog{log: s.log}}
+	svc := &service{spec: spec, udpErrs: errorLog{log: s.log}}
 	if spec.proto != "udp" {
 		ln, err := net.Listen("tcp", s.serviceAddr(spec.port))
 		if err != nil {
