@@ -144,10 +144,10 @@ locked
 step "Knock correctly: $k1, $k2, $k3"
 knock "$k1" "$k2" "$k3"
 for _ in $(seq 50); do
-  grep -q 'msg="service started"' "$work/server.log" && break
+  grep -q 'msg="knock ports closed"' "$work/server.log" && break
   sleep 0.05
 done
-grep -q 'msg="service started"' "$work/server.log" || fail "the correct knock did not unlock"
+grep -q 'msg="knock ports closed"' "$work/server.log" || fail "the correct knock did not unlock"
 say "unlocked: $(grep -m1 'msg=unlock' "$work/server.log" | sed 's/.*msg=unlock //')"
 
 step "Scan after the knock, with $scanner"

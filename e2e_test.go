@@ -597,7 +597,7 @@ func TestE2ENmapSeesThePortsChange(t *testing.T) {
 		t.Fatal("the scans unlocked the server")
 	}
 	knockWith(t, "-p", portList(ports), "127.0.0.1")
-	waitFor(t, "the service", func() bool { return strings.Contains(p.stderr.String(), "service started") })
+	waitFor(t, "the service, then the knock ports closed", func() bool { return strings.Contains(p.stderr.String(), "knock ports closed") })
 	expect("after", "closed", "open")
 	if body := httpGet(t, svc); !strings.Contains(body, "127.0.0.1") {
 		t.Errorf("service answered %q", body)

@@ -143,7 +143,7 @@ func TestLuaServeAndStopService(t *testing.T) {
 	port := freePort(t)
 	s := mustLuaServer(t, unlockStub+fmt.Sprintf(`
 first = knock.serve{port=%d, greeting="welcome {ip}"}
-again = knock.serve{port=%d}
+again = knock.serve{port=%d, greeting="welcome {ip}"}
 `, port, port), nil)
 	if s.global("first") != lua.LTrue || s.global("again") != lua.LTrue {
 		t.Fatalf("knock.serve returned %v then %v, want true twice", s.global("first"), s.global("again"))

@@ -1825,7 +1825,7 @@ func (t *tracker) knock(k *knock, out *outbox) dropReason {
 	s := t.shardOf(h)
 	pk := t.pending(k)
 	s.mu.Lock()
-	t.reportKnock(k, out)
+	t.reportKnock(s, h, k, &pk, out)
 	if i, ok := s.index[k.from]; ok {
 		s.touch(i)
 		t.add(s, i, pk, out)
@@ -1842,10 +1842,44 @@ func (t *tracker) pending(k *knock) pendingKnock {
 }
 
 // reportKnock reports a knock itself, before what it causes, when a hook or -v wants it.
-func (t *tracker) reportKnock(k *knock, out *outbox) {
+func (t *tracker) reportKnock(s *shard, h uint64, k *knock, pk *pendingKnock, out *outbox) {
 	if t.wantKnock.Load() {
-		out.add(event{kind: eventKnock, door: t.roles.of(k.port).door, from: k.from, srcPort: k.srcPort, port: k.port, ts: k.ts})
+		d := t.roles.of(k.port).door
+		out.add(event{kind: eventKnock, door: d, from: k.from, srcPort: k.srcPort, port: k.port, ts: k.ts, elapsed: t.elapsed(s, h, k.from, int(d), pk)})
 	}
+}
+
+// elapsed is the time from the first knock of a client's attempt on door d to pk, which has not
+// been added yet: the door's progress, then the client's pending knocks received before pk, then
+// pk. It is 0 when pk starts an attempt, or is a wrong knock outside one.
+func (t *tracker) elapsed(s *shard, h uint64, from addrKey, d int, pk *pendingKnock) int64 {
+	r := &t.doors[d]
+	var p progress
+	if i, ok := s.index[from]; ok {
+		p = s.progress(i, len(t.doors))[d]
+		c := s.slot(i)
+		for j := 0; j < int(c.npending); j++ {
+			if q := c.pending.get(j); q.ts <= pk.ts {
+				r.apply(&p, &q)
+			}
+		}
+	} else {
+		base, tag := s.firstBucket(h)
+		for j, tg := range s.firstTags[base : base+compactWays] {
+			if f := &s.firsts[base+j]; tg == tag && f.key == from && f.pk.ts <= pk.ts {
+				q := f.pk
+				r.apply(&p, &q)
+			}
+		}
+	}
+	before := p
+	if v, _ := r.apply(&p, pk); v == verdictAdvanced || v == verdictUnlocked {
+		return pk.ts - p.first
+	}
+	if before.step > 0 {
+		return pk.ts - before.first
+	}
+	return 0
 }
 
 // addFirst handles a knock from an address without a client record: it is a duplicate of the
@@ -2146,6 +2180,7 @@ func (t *tracker) settleOldest(s *shard, i int32, out *outbox) bool {
 func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *outbox) bool {
 	ps := s.progress(i, len(t.doors))
 	stray, failed, unlocked := true, false, false
+	var failElapsed int64 // of the attempt this knock ended
 	for d := range t.doors {
 		if !t.open(d) {
 			continue
@@ -2161,6 +2196,7 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		}
 		if why != reasonNone && had {
 			failed = true
+			failElapsed = max(failElapsed, pk.ts-first)
 			out.add(event{kind: eventFail, reason: why, door: uint16(d), from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts, elapsed: pk.ts - first})
 		}
 		if v == verdictUnlocked && t.take(d) {
@@ -2182,7 +2218,7 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		failed = true
 	} else if failed && t.bans.fail(c.key, pk.ts) {
 		banned = true
-		out.add(event{kind: eventFail, reason: reasonBanned, door: t.roles.of(pk.spec()).door, from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts})
+		out.add(event{kind: eventFail, reason: reasonBanned, door: t.roles.of(pk.spec()).door, from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts, elapsed: failElapsed})
 	}
 	if banned || t.auth && (unlocked || failed) {
 		// The attempt is over. With keys its challenge is spent: another needs a new hello.
@@ -2828,8 +2864,9 @@ func (t *tracker) authKnock(k *knock, tok *knockToken, m *macScratch, out *outbo
 	} else {
 		s.touch(i)
 	}
-	t.reportKnock(k, out)
-	t.add(s, i, t.pending(k), out)
+	pk := t.pending(k)
+	t.reportKnock(s, h, k, &pk, out)
+	t.add(s, i, pk, out)
 	s.mu.Unlock()
 	t.flush(out)
 	return dropNone
@@ -3932,6 +3969,13 @@ func (s *server) wantsFamily(fam int) bool {
 	return false
 }
 
+// knockPortsOpen reports whether the server is listening (or capturing) on the knock ports.
+func (s *server) knockPortsOpen() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sources) > 0
+}
+
 func (s *server) closeKnockPorts() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -4262,6 +4306,7 @@ type afterCall struct {
 // and confirmations. The server is the real one; check loads a hook with a recordingEffects,
 // which does nothing, and unit tests of the knock module read what it recorded.
 type effects interface {
+	knockPortsOpen() bool
 	openKnockPorts() error
 	closeKnockPorts()
 	startService(spec serviceSpec) error
@@ -4275,8 +4320,9 @@ type effects interface {
 // recordingEffects records each effect a hook asks for, one line each, and does none of them:
 // everything succeeds, and a program exits 0 with no output.
 type recordingEffects struct {
-	mu    sync.Mutex
-	calls []string
+	mu     sync.Mutex
+	calls  []string
+	closed bool // close_knock_ports was the last of the two called
 }
 
 func (r *recordingEffects) record(format string, args ...any) {
@@ -4292,10 +4338,28 @@ func (r *recordingEffects) recorded() []string {
 	return slices.Clone(r.calls)
 }
 
-func (r *recordingEffects) openKnockPorts() error { r.record("open_knock_ports"); return nil }
-func (r *recordingEffects) closeKnockPorts()      { r.record("close_knock_ports") }
-func (r *recordingEffects) stopService(port int)  { r.record("stop_service %d", port) }
-func (r *recordingEffects) revoke(k addrKey)      { r.record("revoke %s", k.addr()) }
+func (r *recordingEffects) knockPortsOpen() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.closed
+}
+
+func (r *recordingEffects) openKnockPorts() error {
+	r.record("open_knock_ports")
+	r.mu.Lock()
+	r.closed = false
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *recordingEffects) closeKnockPorts() {
+	r.record("close_knock_ports")
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+}
+func (r *recordingEffects) stopService(port int) { r.record("stop_service %d", port) }
+func (r *recordingEffects) revoke(k addrKey)     { r.record("revoke %s", k.addr()) }
 
 func (r *recordingEffects) startService(spec serviceSpec) error {
 	r.record("serve port=%d proto=%s allow_only=%v greeting=%q", spec.port, spec.proto, spec.allowOnly, spec.greeting)
@@ -4322,6 +4386,7 @@ type hookRuntime struct {
 	fx         effects
 	tracker    *tracker // for keys, one-time sequences and wantKnock; nil for check
 	proto      *lua.FunctionProto
+	topLevel   bool // a hook's top level is running (load)
 	hook       *luaHook
 	retired    []*luaHook // replaced by a reload, kept until their pending callbacks have run
 	stopping   bool       // shutdown has begun: knock.after schedules nothing more
@@ -4409,6 +4474,8 @@ func (h *hookRuntime) load(proto *lua.FunctionProto) (*luaHook, error) {
 	h.installModule(hook)
 	err := h.protect(hook, func() error {
 		L.Push(L.NewFunctionFromProto(proto))
+		h.topLevel = true
+		defer func() { h.topLevel = false }()
 		return L.PCall(0, 0, nil)
 	})
 	if err == nil {
@@ -4832,22 +4899,22 @@ func (h *hookRuntime) dispatch(e *event) bool {
 		h.lastUnlock.Store(now)
 		h.latency.record(now - e.ts)
 		a = append(a, slog.String("event", "unlock"), slog.String("door", d.name), slog.String("ip", ip), slog.Int("port", int(e.port.port)),
-			slog.String("proto", e.port.proto.String()), slog.Int("source_port", int(e.srcPort)), slog.Duration("elapsed", time.Duration(e.elapsed)))
+			slog.String("proto", e.port.proto.String()), slog.Int("source_port", int(e.srcPort)), slog.Float64("elapsed", float64(e.elapsed)/1e9))
 		if user != "" {
 			a = append(a, slog.String("user", user))
 		}
-		h.logRecord(now, "unlock", a)
+		h.logRecord(e.ts, "unlock", a)
 	case eventFail:
 		if h.failLog.allow(time.Now()) {
 			a = append(a, slog.String("event", "fail"), slog.String("door", d.name), slog.String("ip", ip), slog.Int("port", int(e.port.port)),
 				slog.String("proto", e.port.proto.String()), slog.String("reason", e.reason.String()))
-			h.logRecord(time.Now().UnixNano(), "knock failed", a)
+			h.logRecord(e.ts, "knock failed", a)
 		}
 	case eventKnock:
 		if h.cfg.verbose {
 			a = append(a, slog.String("event", "knock"), slog.String("ip", ip), slog.Int("port", int(e.port.port)),
 				slog.String("proto", e.port.proto.String()), slog.Int("source_port", int(e.srcPort)))
-			h.logRecord(time.Now().UnixNano(), "knock", a)
+			h.logRecord(e.ts, "knock", a)
 		}
 	}
 	h.attrs = a
@@ -4916,13 +4983,18 @@ func readsFirstParam(p *lua.FunctionProto) bool {
 }
 
 // logRecord logs at info level without asking the runtime for the caller's program counter,
-// which slog's Logger methods do on every line.
+// which slog's Logger methods do on every line. The record's time is unixNano: for an event,
+// when the kernel received the knock it reports, however long the event waited for the hook.
 func (h *hookRuntime) logRecord(unixNano int64, msg string, attrs []slog.Attr) {
 	handler := h.log.Handler()
 	if !handler.Enabled(context.Background(), slog.LevelInfo) {
 		return
 	}
-	r := slog.NewRecord(time.Unix(0, unixNano), slog.LevelInfo, msg, 0)
+	stamp := time.Now()
+	if unixNano != 0 {
+		stamp = time.Unix(0, unixNano)
+	}
+	r := slog.NewRecord(stamp, slog.LevelInfo, msg, 0)
 	r.AddAttrs(attrs...)
 	_ = handler.Handle(context.Background(), r)
 }
@@ -5139,7 +5211,21 @@ func bucketUpper(b int) int64 {
 
 func (l *latencyHistogram) record(ns int64) { l.buckets[latencyBucket(ns)].Add(1) }
 
-// quantile returns an upper bound for the q-quantile, or 0 when nothing was recorded.
+// roundUp2 rounds n up to two significant digits: 2147483648 to 2200000000.
+func roundUp2(n int64) int64 {
+	unit := int64(1)
+	for n/unit >= 100 {
+		unit *= 10
+	}
+	if n > math.MaxInt64-unit {
+		return n
+	}
+	return (n + unit - 1) / unit * unit
+}
+
+// quantile returns an upper bound for the q-quantile, rounded up to two significant digits
+// (the buckets are 25 % wide: more digits would be false precision), or 0 when nothing was
+// recorded.
 func (l *latencyHistogram) quantile(q float64) time.Duration {
 	var total uint64
 	for i := range l.buckets {
@@ -5152,7 +5238,7 @@ func (l *latencyHistogram) quantile(q float64) time.Duration {
 	var seen uint64
 	for i := range l.buckets {
 		if seen += l.buckets[i].Load(); seen >= rank {
-			return time.Duration(bucketUpper(i))
+			return time.Duration(roundUp2(bucketUpper(i)))
 		}
 	}
 	return 0
@@ -5173,6 +5259,7 @@ func (h *hookRuntime) installModule(hook *luaHook) {
 		"exec":              h.luaExec,
 		"after":             func(L *lua.LState) int { return h.luaAfter(hook, L) },
 		"log":               h.luaLog,
+		"arg":               h.luaArg,
 	})
 	mod.RawSetString("config", h.configTable(L))
 	args := L.NewTable()
@@ -5258,19 +5345,34 @@ func readOnly(L *lua.LState, data *lua.LTable) *lua.LTable {
 	return view
 }
 
+// luaCloseKnockPorts is knock.close_knock_ports(). At a hook's top level it is an error: the
+// knock ports open after the hook has loaded, so closing them there would close nothing.
 func (h *hookRuntime) luaCloseKnockPorts(L *lua.LState) int {
-	h.fx.closeKnockPorts()
-	h.log.Info("knock ports closed", "event", "close_knock_ports")
+	h.onlyInHandler(L, "close_knock_ports")
+	if h.fx.knockPortsOpen() {
+		h.fx.closeKnockPorts()
+		h.log.Info("knock ports closed", "event", "close_knock_ports")
+	}
 	return 0
 }
 
 func (h *hookRuntime) luaOpenKnockPorts(L *lua.LState) int {
-	if err := h.fx.openKnockPorts(); err != nil {
-		return pushError(L, err)
+	h.onlyInHandler(L, "open_knock_ports")
+	if !h.fx.knockPortsOpen() {
+		if err := h.fx.openKnockPorts(); err != nil {
+			return pushError(L, err)
+		}
+		h.log.Info("knock ports open", "event", "open_knock_ports", "ports", formatSpecs(h.cfg.watchedPorts()))
 	}
-	h.log.Info("knock ports open", "event", "open_knock_ports", "ports", formatSpecs(h.cfg.watchedPorts()))
 	L.Push(lua.LTrue)
 	return 1
+}
+
+// onlyInHandler raises a Lua error when fn is called from a hook's top level (while it loads).
+func (h *hookRuntime) onlyInHandler(L *lua.LState, fn string) {
+	if h.topLevel {
+		L.RaiseError("knock.%s: only inside a handler (on_start, on_unlock, ...), not at the hook's top level: the knock ports open after the hook has loaded", fn)
+	}
 }
 
 // pushError returns nil, message: the Lua convention for a failure the caller may handle.
@@ -5482,7 +5584,7 @@ func (h *hookRuntime) luaAfter(hook *luaHook, L *lua.LState) int {
 }
 
 // luaLog is knock.log(msg [, fields]): fields become attributes; fields.level may be
-// "debug", "info", "warn" or "error".
+// "debug", "info", "warn" or "error" (any other level is a Lua error).
 func (h *hookRuntime) luaLog(L *lua.LState) int {
 	msg := L.CheckString(1)
 	level := slog.LevelInfo
@@ -5491,7 +5593,10 @@ func (h *hookRuntime) luaLog(L *lua.LState) int {
 		fields.ForEach(func(k, v lua.LValue) {
 			key := k.String()
 			if key == "level" {
-				_ = level.UnmarshalText([]byte(v.String()))
+				var ok bool
+				if level, ok = logLevels[strings.ToLower(v.String())]; !ok || v.Type() != lua.LTString {
+					L.ArgError(2, fmt.Sprintf("level %s: use debug, info, warn or error", luaQuote(v)))
+				}
 				return
 			}
 			attrs = append(attrs, key, luaToAttr(v))
@@ -5499,6 +5604,130 @@ func (h *hookRuntime) luaLog(L *lua.LState) int {
 	}
 	h.log.Log(context.Background(), level, msg, attrs...)
 	return 0
+}
+
+var logLevels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+
+// luaQuote shows a Lua value in an error message: a string quoted, anything else as Lua prints it.
+func luaQuote(v lua.LValue) string {
+	if s, ok := v.(lua.LString); ok {
+		return strconv.Quote(string(s))
+	}
+	return v.String()
+}
+
+// luaArg is knock.arg(name [, {type=, default=, min=, max=, whole=}]): the --hook-arg value of
+// that name, checked and converted. type is "string" (the default), "number", "port" (a whole
+// number from 1 to 65535) or "duration" (seconds, as a number: "30", "1.5", "250ms", "2m");
+// min and max bound a number or a duration, whole asks for a whole number. An absent argument
+// is the default (nil without one); a malformed one is a Lua error naming the argument, its value
+// and what is allowed, so a hook that reads it at its top level fails to load.
+func (h *hookRuntime) luaArg(L *lua.LState) int {
+	name := L.CheckString(1)
+	opts := L.OptTable(2, L.NewTable())
+	field := func(key string) lua.LValue { return opts.RawGetString(key) }
+	typ := "string"
+	switch v := field("type").(type) {
+	case *lua.LNilType:
+	case lua.LString:
+		typ = string(v)
+	default:
+		L.ArgError(2, "type must be a string")
+	}
+	bound := func(key string, def float64) float64 {
+		switch v := field(key).(type) {
+		case *lua.LNilType:
+			return def
+		case lua.LNumber:
+			return float64(v)
+		default:
+			L.ArgError(2, key+" must be a number")
+			return 0
+		}
+	}
+	lo, hi := bound("min", math.Inf(-1)), bound("max", math.Inf(1))
+	whole := lua.LVAsBool(field("whole"))
+	switch typ {
+	case "string", "number", "duration":
+	case "port":
+		lo, hi = max(lo, 1), min(hi, 65535)
+	default:
+		L.ArgError(2, fmt.Sprintf("type %q: use string, number, port or duration", typ))
+	}
+	raw, present := "", false
+	for _, kv := range h.cfg.hookArgs {
+		if kv[0] == name {
+			raw, present = kv[1], true
+		}
+	}
+	if !present {
+		L.Push(field("default"))
+		return 1
+	}
+	if typ == "string" {
+		L.Push(lua.LString(raw))
+		return 1
+	}
+	n, ok := parseArgNumber(typ, raw)
+	if !ok || n < lo || n > hi || whole && n != math.Trunc(n) {
+		L.RaiseError("--hook-arg %s=%s: want %s", name, raw, argWant(typ, lo, hi, whole))
+	}
+	L.Push(lua.LNumber(n))
+	return 1
+}
+
+// argWant says what knock.arg allows.
+func argWant(typ string, lo, hi float64, whole bool) string {
+	var want string
+	switch {
+	case typ == "port":
+		want = "a port number"
+	case typ == "duration" && whole:
+		want = "a whole number of seconds"
+	case typ == "duration":
+		want = "a duration: seconds (30, 1.5) or with a unit (250ms, 2m)"
+	case whole:
+		want = "a whole number"
+	default:
+		want = "a number"
+	}
+	if !math.IsInf(lo, -1) || !math.IsInf(hi, 1) {
+		want += " " + rangeText(lo, hi)
+		if typ == "duration" && !whole {
+			want += " seconds"
+		}
+	}
+	return want
+}
+
+// parseArgNumber reads a hook argument as a number of its type: a decimal number (with an
+// optional sign), a port, or a duration in seconds.
+func parseArgNumber(typ, s string) (float64, bool) {
+	switch typ {
+	case "duration":
+		d, err := parseDuration(s)
+		return d.Seconds(), err == nil
+	case "port":
+		p, err := parsePort(s)
+		return float64(p), err == nil
+	}
+	if !isDecimal(strings.TrimPrefix(s, "-")) {
+		return 0, false
+	}
+	n, err := strconv.ParseFloat(s, 64)
+	return n, err == nil && !math.IsInf(n, 0)
+}
+
+// rangeText says which numbers are allowed: "from 1 to 10", "from 0", "up to 10".
+func rangeText(lo, hi float64) string {
+	num := func(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
+	switch {
+	case math.IsInf(hi, 1):
+		return "from " + num(lo)
+	case math.IsInf(lo, -1):
+		return "up to " + num(hi)
+	}
+	return "from " + num(lo) + " to " + num(hi)
 }
 
 func luaToAttr(v lua.LValue) any {
@@ -5538,22 +5767,54 @@ type serviceSpec struct {
 }
 
 type service struct {
-	spec serviceSpec
-	http *http.Server
-	udp  *net.UDPConn
+	spec    serviceSpec
+	http    *http.Server
+	udp     *net.UDPConn
+	udpErrs errorLog // the UDP goroutine's
 }
 
+// startService starts the service a spec describes. On a port served already it does nothing
+// when the spec is the same; otherwise it restarts the service with the new spec, and if that
+// fails, restores the old one and returns the error.
 func (s *server) startService(spec serviceSpec) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, running := s.services[spec.port]; running {
+	old, running := s.services[spec.port]
+	if running && old.spec == spec {
 		return nil
 	}
-	svc := &service{spec: spec}
+	if running {
+		old.close()
+		delete(s.services, spec.port)
+	}
+	svc, err := s.openService(spec)
+	if err != nil {
+		if running {
+			prev, rerr := s.openService(old.spec)
+			if rerr == nil {
+				s.services[spec.port] = prev
+				return fmt.Errorf("%w; the service goes on with its previous settings", err)
+			}
+			s.log.Error("service stopped: neither the new settings nor the old could be applied", "event", "hook_error", "port", spec.port, "err", rerr.Error())
+		}
+		return err
+	}
+	s.services[spec.port] = svc
+	msg := "service started"
+	if running {
+		msg = "service changed"
+	}
+	s.log.Info(msg, "event", "serve", "port", spec.port, "proto", spec.proto, "allow", map[bool]string{true: "clients", false: "all"}[spec.allowOnly])
+	return nil
+}
+
+// openService binds a service's sockets and starts serving them: all or none.
+func (s *server) openService(spec serviceSpec) (*service, error) {
+	svc := &service{spec: spec, udpErrs: errorLog{log: s.log}}
 	if spec.proto != "udp" {
 		ln, err := net.Listen("tcp", s.serviceAddr(spec.port))
 		if err != nil {
-			return bindError("TCP", spec.port, err)
+			return nil, bindError("TCP", spec.port, err)
 		}
 		svc.http = &http.Server{
 			Handler:           http.HandlerFunc(svc.serveHTTP),
@@ -5571,23 +5832,28 @@ func (s *server) startService(spec serviceSpec) error {
 		}
 		limited := newLimitListener(ln, allow)
 		svc.http.ConnState = limited.connState
-		go svc.http.Serve(limited)
+		go func() {
+			if err := svc.http.Serve(limited); !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("service stopped accepting TCP connections", "event", "hook_error", "port", spec.port, "err", err.Error())
+			}
+		}()
 	}
 	if spec.proto != "tcp" {
-		addr, _ := net.ResolveUDPAddr("udp", s.serviceAddr(spec.port))
-		conn, err := net.ListenUDP("udp", addr)
+		addr, err := net.ResolveUDPAddr("udp", s.serviceAddr(spec.port))
+		var conn *net.UDPConn
+		if err == nil {
+			conn, err = net.ListenUDP("udp", addr)
+		}
 		if err != nil {
 			if svc.http != nil {
 				svc.http.Close()
 			}
-			return bindError("UDP", spec.port, err)
+			return nil, bindError("UDP", spec.port, err)
 		}
 		svc.udp = conn
 		go svc.serveUDP(&s.allow)
 	}
-	s.services[spec.port] = svc
-	s.log.Info("service started", "event", "serve", "port", spec.port, "proto", spec.proto, "allow", map[bool]string{true: "clients", false: "all"}[spec.allowOnly])
-	return nil
+	return svc, nil
 }
 
 func (s *server) serviceAddr(port int) string {
@@ -5645,6 +5911,8 @@ func (svc *service) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, svc.greetingFor(ip))
 }
 
+// serveUDP answers each datagram with the greeting. Its errors are logged, at most one line a
+// second: a client can cause them (a reply to an address that cannot be reached).
 func (svc *service) serveUDP(allow *allowList) {
 	buf := make([]byte, 2048)
 	for {
@@ -5653,13 +5921,38 @@ func (svc *service) serveUDP(allow *allowList) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			svc.udpErrs.error(time.Now(), "service: UDP read failed", "port", svc.spec.port, "err", err.Error())
+			time.Sleep(10 * time.Millisecond) // a lasting error must not spin
 			continue
 		}
 		if svc.spec.allowOnly && !allow.allowed(keyOf(from.Addr()), time.Now().UnixNano()) {
 			continue
 		}
-		svc.udp.WriteToUDPAddrPort([]byte(svc.greetingFor(from.Addr().Unmap().String())), from)
+		if _, err := svc.udp.WriteToUDPAddrPort([]byte(svc.greetingFor(from.Addr().Unmap().String())), from); err != nil {
+			svc.udpErrs.error(time.Now(), "service: UDP reply not sent", "port", svc.spec.port, "ip", from.Addr().Unmap().String(), "err", err.Error())
+		}
 	}
+}
+
+// errorLog logs errors at most once a second, and says how many it held back. One goroutine
+// owns it.
+type errorLog struct {
+	log    *slog.Logger
+	second int64
+	held   int
+}
+
+func (e *errorLog) error(now time.Time, msg string, args ...any) {
+	if sec := now.Unix(); sec != e.second {
+		e.second = sec
+		if e.held > 0 {
+			args = append(args, "errors_not_logged", e.held)
+		}
+		e.held = 0
+		e.log.Warn(msg, append([]any{"event", "service_error"}, args...)...)
+		return
+	}
+	e.held++
 }
 
 // limitListener bounds the service's connections, in all and per source prefix (an IPv4 /24,

@@ -7,8 +7,8 @@
 
 local knock = require("knock")
 
-local port = tonumber(knock.args.port) or 8080
-local seconds = tonumber(knock.args.seconds) or 30
+local port = knock.arg("port", { type = "port", default = 8080 })
+local seconds = knock.arg("seconds", { type = "duration", default = 30, min = 0.001, max = 365 * 24 * 3600 })
 
 function on_start()
   local ok, err = knock.serve{ port = port, allow = "clients" }

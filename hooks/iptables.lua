@@ -29,7 +29,8 @@
 --   knockknock --hook hooks/iptables.lua --hook-arg port=22 --hook-arg seconds=30
 -- Hook arguments (--hook-arg KEY=VALUE):
 --   port=22                  the TCP port to protect
---   seconds=30               how long a grant lasts (whole seconds); a new knock starts it again
+--   seconds=30               how long a grant lasts, in whole seconds (or 2m, 1h); a new knock
+--                            starts it again
 --   chain=knockknock         the chain the hook owns; its recent tables are CHAIN-v4-1... CHAIN-v6-1...
 --   iptables=iptables        the IPv4 program (iptables-legacy, iptables-nft, or a path)
 --   ip6tables=ip6tables      the IPv6 program
@@ -37,6 +38,8 @@
 --   ip6tables_restore=...    appended, e.g. iptables-restore)
 --   tables=64                recent tables per family (1 to 1024; see Capacity)
 --   rules_dir=/run           where on_start writes the rule files it loads (removed after)
+-- A malformed value (port=2222x, seconds=1.5) stops knockknock at start, and `knockknock check`,
+-- with one line naming it (exit 2).
 -- A connection opened while access lasts stays up (only new connections go to the chain).
 --
 -- To open the port to everyone again, on purpose (stop knockknock first, or it closes it again at
@@ -47,25 +50,18 @@
 local knock = require("knock")
 local unpack = table.unpack or unpack -- Lua 5.1
 
--- whole reads a whole-number argument from min to max.
-local function whole(key, default, min, max)
-  local n = tonumber(knock.args[key] or default)
-  if not n or n ~= math.floor(n) or n < min or n > max then
-    error("iptables: " .. key .. " must be a whole number from " .. min .. " to " .. max, 0)
-  end
-  return n
-end
-
-local port = whole("port", 22, 1, 65535)
-local seconds = whole("seconds", 30, 1, 365 * 24 * 3600)
-local ntables = whole("tables", 64, 1, 1024)
-local chain = knock.args.chain or "knockknock"
-local rules_dir = knock.args.rules_dir or "/run"
+-- A malformed argument stops the hook at load, naming it: never a default port guarded instead.
+-- --seconds of the recent match takes whole seconds only.
+local port = knock.arg("port", { type = "port", default = 22 })
+local seconds = knock.arg("seconds", { type = "duration", default = 30, min = 1, max = 365 * 24 * 3600, whole = true })
+local ntables = knock.arg("tables", { type = "number", default = 64, min = 1, max = 1024, whole = true })
+local chain = knock.arg("chain", { default = "knockknock" })
+local rules_dir = knock.arg("rules_dir", { default = "/run" })
 if not chain:match("^[%w_-]+$") then error("iptables: chain: use letters, digits, _ and -", 0) end
 
 local families = {
-  { name = "v4", label = "IPv4", tool = knock.args.iptables or "iptables", restore = knock.args.iptables_restore },
-  { name = "v6", label = "IPv6", tool = knock.args.ip6tables or "ip6tables", restore = knock.args.ip6tables_restore },
+  { name = "v4", label = "IPv4", tool = knock.arg("iptables", { default = "iptables" }), restore = knock.arg("iptables_restore") },
+  { name = "v6", label = "IPv6", tool = knock.arg("ip6tables", { default = "ip6tables" }), restore = knock.arg("ip6tables_restore") },
 }
 for _, f in ipairs(families) do
   f.restore = f.restore or f.tool .. "-restore"

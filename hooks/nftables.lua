@@ -19,9 +19,12 @@
 --   knockknock --hook hooks/nftables.lua --hook-arg port=22 --hook-arg seconds=30
 -- Hook arguments (--hook-arg KEY=VALUE):
 --   port=22           the TCP port to protect
---   seconds=30        how long a grant lasts (whole seconds); a new knock starts it again
+--   seconds=30        how long a grant lasts, in whole seconds (or 2m, 1h); a new knock starts
+--                     it again
 --   nft=nft           the nft program
 --   table=knockknock  the name of the inet table the hook owns
+-- A malformed value (port=2222x, seconds=1.5) stops knockknock at start, and `knockknock check`,
+-- with one line naming it (exit 2).
 -- A connection opened while access lasts stays up (established traffic is accepted).
 --
 -- To open the port to everyone again, on purpose (stop knockknock first, or it closes it again
@@ -31,19 +34,11 @@
 local knock = require("knock")
 local unpack = table.unpack or unpack -- Lua 5.1
 
--- whole reads a whole-number argument from min to max.
-local function whole(key, default, min, max)
-  local n = tonumber(knock.args[key] or default)
-  if not n or n ~= math.floor(n) or n < min or n > max then
-    error("nftables: " .. key .. " must be a whole number from " .. min .. " to " .. max, 0)
-  end
-  return n
-end
-
-local port = whole("port", 22, 1, 65535)
-local seconds = whole("seconds", 30, 1, 365 * 24 * 3600)
-local nft = knock.args.nft or "nft"
-local name = knock.args.table or "knockknock"
+-- A malformed argument stops the hook at load, naming it: never a default port guarded instead.
+local port = knock.arg("port", { type = "port", default = 22 })
+local seconds = knock.arg("seconds", { type = "duration", default = 30, min = 1, max = 365 * 24 * 3600, whole = true })
+local nft = knock.arg("nft", { default = "nft" })
+local name = knock.arg("table", { default = "knockknock" })
 if not name:match("^[%a_][%w_]*$") then error("nftables: table: use letters, digits and _", 0) end
 local t = "inet " .. name
 

@@ -16,9 +16,9 @@
 
 local knock = require("knock")
 
-local port = tonumber(knock.args.port) or 22
-local hours = tonumber(knock.args.hours) or 8
-local nft = knock.args.nft or "nft"
+local port = knock.arg("port", { type = "port", default = 22 })
+local hours = knock.arg("hours", { type = "number", default = 8, min = 1, max = 24 * 365, whole = true })
+local nft = knock.arg("nft", { default = "nft" })
 local t = "inet knockknock_ssh"
 
 local function run(script)
