@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -397,3 +398,23 @@ const noteLua = `local function note(line)
   local f = assert(io.open(knock.args.out, "a")); f:write(line .. "\n"); f:close()
 end
 `
+
+// A reload of hooks/allow-client.lua keeps its service: the old file's on_stop("reload") runs
+// after the new one's on_start has served the same port, and must not stop it.
+func TestE2EReloadKeepsTheAllowClientService(t *testing.T) {
+	ports := []uint16{freePort(t), freePort(t), freePort(t)}
+	svc := freePort(t)
+	p := startServer(t, "-p", portList(ports), "--hook", "hooks/allow-client.lua", "--hook-arg", fmt.Sprintf("port=%d", svc))
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "the reload", func() bool { return strings.Contains(p.stderr.String(), `msg="hook reloaded"`) })
+	knockWith(t, "-p", portList(ports), "127.0.0.1")
+	waitFor(t, "the grant", func() bool { return strings.Contains(p.stderr.String(), `msg="access granted"`) })
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", svc))
+	if err != nil {
+		t.Fatalf("the service is gone after a reload: %v\n%s", err, p.stderr.String())
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+}

@@ -20,6 +20,8 @@ function on_unlock(ev)
   knock.log("access granted", { ip = ev.ip, port = port, seconds = seconds })
 end
 
-function on_stop()
-  knock.stop_service(port)
+function on_stop(reason)
+  -- On "reload" the new file's on_start has already served the port (the same call again does
+  -- nothing), so stopping it here would take it away; at shutdown the server stops it anyway.
+  if reason ~= "reload" then knock.stop_service(port) end
 end
