@@ -402,7 +402,7 @@ func TestE2EPrivilegedPortNamesTheCapability(t *testing.T) {
 func TestE2EExampleConfig(t *testing.T) {
 	secret := filepath.Join(t.TempDir(), "secret")
 	runKK(t, "keygen", secret)
-	// The example names files under /etc/knockknock; flags override those two.
+	// The example's secret-file line is commented out: a flag adds a key.
 	stdout, stderr, code := runKK(t, "check", "--config", "knockknock.ini", "--hook", "hooks/nftables.lua", "--secret-file", secret)
 	if code != 0 {
 		t.Fatalf("check --config knockknock.ini: exit %d\n%s%s", code, stdout, stderr)

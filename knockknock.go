@@ -2210,8 +2210,8 @@ func (t *tracker) duplicate(a, b *pendingKnock) bool {
 	return gap <= int64(time.Second) && gap <= t.doors[t.roles.of(a.spec()).door].retransmit
 }
 
-// reach is how far a newcomer's first two knocks, a and b, take it on its best door; a
-// completed door counts as its whole length. trial is scratch.
+// reach is how far a newcomer's first two knocks, a and b, take it on its best door; one that
+// completes a door outranks every attempt in progress. trial is scratch.
 func (t *tracker) reach(a, b pendingKnock, trial []progress) int {
 	if b.ts < a.ts {
 		a, b = b, a
@@ -2224,7 +2224,7 @@ func (t *tracker) reach(a, b pendingKnock, trial []progress) int {
 		}
 		for _, k := range []*pendingKnock{&a, &b} {
 			if v, _ := t.doors[d].apply(&trial[d], k); v == verdictUnlocked {
-				best = max(best, len(t.doors[d].seq))
+				best = maxSequenceLen + 1
 			}
 		}
 		best = max(best, int(trial[d].step))
@@ -6649,8 +6649,11 @@ func privilegeWarnings(cfg *config, caps func() (uint64, bool), portStart int) [
 	if len(low) == 0 {
 		return nil
 	}
-	return []string{fmt.Sprintf("binding UDP port %s needs root or CAP_NET_BIND_SERVICE (ports below %d), and this process has neither: serve would exit 1",
-		strings.Join(low, ", "), portStart)}
+	what := "port " + low[0]
+	if len(low) > 1 {
+		what = "ports " + strings.Join(low, ", ")
+	}
+	return []string{fmt.Sprintf("binding UDP %s needs root or CAP_NET_BIND_SERVICE (ports below %d do), and this process has neither: serve would exit 1", what, portStart)}
 }
 
 // describeDoor is a door in one line, for check.
