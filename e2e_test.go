@@ -402,7 +402,7 @@ func TestE2EPrivilegedPortNamesTheCapability(t *testing.T) {
 func TestE2EExampleConfig(t *testing.T) {
 	secret := filepath.Join(t.TempDir(), "secret")
 	runKK(t, "keygen", secret)
-	// The example names files under /etc/knockknock; flags override those two.
+	// The example's secret-file line is commented out: a flag adds a key.
 	stdout, stderr, code := runKK(t, "check", "--config", "knockknock.ini", "--hook", "hooks/nftables.lua", "--secret-file", secret)
 	if code != 0 {
 		t.Fatalf("check --config knockknock.ini: exit %d\n%s%s", code, stdout, stderr)
@@ -434,22 +434,25 @@ func TestE2EHelpExits0(t *testing.T) {
 }
 
 func TestE2ECheck(t *testing.T) {
-	stdout, _, code := runKK(t, "check")
-	for _, want := range []string{"mode:         socket", "door default: 123:udp,456:udp,789:udp (timeout 5s)", "hook:         hooks/unlock.lua (on_unlock)", "is ascending", "ok"} {
+	stdout, stderr, code := runKK(t, "check")
+	for _, want := range []string{"mode:         socket", "door default: 123:udp,456:udp,789:udp (timeout 5s)", "hook:         hooks/unlock.lua (on_unlock)", "ok"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("check output lacks %q:\n%s", want, stdout)
 		}
 	}
+	if !strings.Contains(stderr, "is ascending") { // warnings go to stderr
+		t.Errorf("check warnings lack %q:\n%s", "is ascending", stderr)
+	}
 	if code != 0 {
 		t.Fatalf("check exit %d", code)
 	}
-	stdout, _, _ = runKK(t, "check", "--decoys", "300,600")
-	if strings.Contains(stdout, "ascending") {
-		t.Errorf("check warns about an ascending sequence with decoys between its ports:\n%s", stdout)
+	_, stderr, _ = runKK(t, "check", "--decoys", "300,600")
+	if strings.Contains(stderr, "ascending") {
+		t.Errorf("check warns about an ascending sequence with decoys between its ports:\n%s", stderr)
 	}
-	stdout, _, _ = runKK(t, "check", "-p", "456,123,789")
-	if strings.Contains(stdout, "ascending") || strings.Contains(stdout, "descending") {
-		t.Errorf("check warns about a shuffled sequence:\n%s", stdout)
+	_, stderr, _ = runKK(t, "check", "-p", "456,123,789")
+	if strings.Contains(stderr, "ascending") || strings.Contains(stderr, "descending") {
+		t.Errorf("check warns about a shuffled sequence:\n%s", stderr)
 	}
 }
 

@@ -21,6 +21,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -104,19 +105,21 @@ type globalOptions struct {
 	Hook         string   `long:"hook" value-name:"FILE" description:"Lua hook (default hooks/unlock.lua, or hooks/knockd.lua with --knockd-config; when that file is absent, the embedded copy)"`
 	Listen       string   `short:"l" long:"listen" value-name:"ADDR" description:"only knocks sent to this address count; the listeners and services bind it (default: all addresses, IPv4 and IPv6)"`
 	HookTimeout  string   `long:"hook-timeout" default:"10s" value-name:"DUR" description:"a hook call, and anything it runs, is cancelled after this"`
-	HookArgs     []string `long:"hook-arg" value-name:"KEY=VALUE" description:"repeatable; the hook reads them as strings in knock.args"`
+	HookArgs     []string `long:"hook-arg" value-name:"KEY=VALUE" description:"repeatable; the hook reads them as strings in knock.args; a key given again takes the later value"`
 	LogFormat    string   `long:"log-format" default:"text" value-name:"text|json" description:"log output format on stderr"`
 	Decoys       string   `long:"decoys" value-name:"LIST" description:"extra watched ports (PORT[:tcp|:udp],...); a knock on one resets that client on every door"`
-	Verbose      bool     `short:"v" long:"verbose" description:"log every knock, and dropped datagrams by reason (rate-limited)"`
+	Verbose      bool     `short:"v" long:"verbose" description:"log every knock, each rejected authenticated datagram with its reason, and once a second the dropped datagrams by reason (rate-limited)"`
 	SecretFile   string   `long:"secret-file" value-name:"FILE" description:"shared key: only authenticated knocks count (mode 0600, owned by this user)"`
 	Keys         string   `long:"keys" value-name:"FILE|DIR" description:"per-user keys: 'NAME KEY' lines, or a directory of key files named after their users (mode 0600)"`
 	MaxSkew      string   `long:"max-skew" default:"30s" value-name:"DUR" description:"authenticated knocks: how old or new a client's hello may be"`
-	MaxClients   string   `long:"max-clients" default:"65536" value-name:"N" description:"most clients with an attempt in progress tracked at once; first knocks get 6 times as many compact slots, challenges twice as many"`
+	MaxClients   string   `long:"max-clients" default:"65536" value-name:"N" description:"most clients with an attempt in progress tracked at once (when full, new clients are refused rather than attempts pushed out); first knocks get 6 times as many compact slots, challenges twice as many"`
 	BanAfter     string   `long:"ban-after" default:"0" value-name:"N" description:"ban a source after N failed attempts within --ban-window (0: off)"`
 	BanWindow    string   `long:"ban-window" default:"10m" value-name:"DUR" description:"window in which failed attempts are counted"`
 	BanTime      string   `long:"ban-time" default:"1h" value-name:"DUR" description:"how long a ban lasts"`
 	BanPrefix6   string   `long:"ban-prefix6" default:"64" value-name:"BITS" description:"an IPv6 ban covers the source's prefix of this length (128: the address only)"`
-	Config       string   `long:"config" value-name:"FILE" no-ini:"true" description:"INI file with these options ([Application Options] section); flags override it"`
+	Config       string   `long:"config" value-name:"FILE" no-ini:"true" description:"INI file with these options ([Application Options] section); flags override it, except --hook-arg, which adds to it"`
+
+	portsGiven bool // --ports was given (on the command line or in the file), even empty
 }
 
 type serveCommand struct{}
@@ -158,72 +161,275 @@ func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
 
+// commandInfo is what help says about a command. shared lists the server options it reads, with
+// what each means to it ("": the server's description); nil: every server option.
+type commandInfo struct {
+	name, usage, short, long string
+	shared                   []sharedOption
+}
+
+type sharedOption struct{ long, description string }
+
+var commandInfos = []commandInfo{
+	{name: "serve", usage: "knockknock [serve] [options]", short: "run the server (the default)",
+		long: "Run the port-knocking server: watch the doors' ports, and call the hook when a client knocks a door's sequence."},
+	{name: "knock", usage: "knockknock knock [options] HOST [PORT...]", short: "send a knock sequence",
+		long: "Knock each port of the sequence (the PORT arguments, else --ports, else the one --door, else 123,456,789): a UDP datagram, or for PORT:tcp a connection attempt abandoned at once. With --secret-file, authenticate and wait for the server's confirmation.",
+		shared: []sharedOption{
+			{"ports", "the sequence when no PORT is given: PORT[:tcp|:udp],... in knock order"},
+			{"door", "or the sequence of this one door, written as for the server"},
+			{"secret-file", "knock with this key (authenticated), and wait for the server's confirmation"},
+			{"config", "INI file: ports, door and secret-file under [Application Options], the options above under [knock]; flags override it"},
+		}},
+	{name: "check", usage: "knockknock check [options]", short: "validate the options, the doors and the hook; print them",
+		long: "Validate the options, the config file (its [knock] section too) and the hook; print the effective settings and every door on stdout, then ok; warnings go to stderr. Exit 0 when valid, 2 when not."},
+	{name: "keygen", usage: "knockknock keygen [--user NAME] [FILE]", short: "make a new random key",
+		long:   "Print a new random key for --secret-file, or write it to FILE with mode 0600 (never overwriting). With --user NAME, write NAME's key and print the line for the server's --keys file.",
+		shared: []sharedOption{}},
+	{name: "help", usage: "knockknock help [COMMAND]", short: "this overview, or a command's usage and options",
+		long: "Print an overview of the commands, or one command's usage and the options it reads.", shared: []sharedOption{}},
+}
+
+func commandInfoOf(name string) *commandInfo {
+	for i := range commandInfos {
+		if commandInfos[i].name == name {
+			return &commandInfos[i]
+		}
+	}
+	return nil
+}
+
 func newParser(cl *commandLine) *flags.Parser {
 	p := flags.NewNamedParser("knockknock", flags.HelpFlag|flags.PassDoubleDash)
 	p.SubcommandsOptional = true
 	if _, err := p.AddGroup("Application Options", "", &cl.global); err != nil {
 		panic(err) // a tag error in the structs above: a programming error
 	}
-	p.AddCommand("serve", "run the server (the default)", "Run the port-knocking server.", &cl.serve)
-	p.AddCommand("check", "validate options and the hook, print the settings", "Validate the options, the config file and the hook; print the effective settings and every door. Exit 0 when valid, 2 when not.", &cl.check)
-	p.AddCommand("knock", "send a knock sequence", "Knock each port of the sequence (default: --ports): a UDP datagram, or for PORT:tcp a connection attempt abandoned at once. With --secret-file, authenticate and wait for the server's confirmation.", &cl.knock)
-	p.AddCommand("keygen", "make a new random key", "Print a new random key for --secret-file, or write it to FILE with mode 0600 (never overwriting). With --user NAME, write NAME's key and print the line for the server's --keys file.", &cl.keygen)
+	for _, c := range []struct {
+		name string
+		data any
+	}{{"serve", &cl.serve}, {"check", &cl.check}, {"knock", &cl.knock}, {"keygen", &cl.keygen}} {
+		info := commandInfoOf(c.name)
+		if _, err := p.AddCommand(c.name, info.short, info.long, c.data); err != nil {
+			panic(err)
+		}
+	}
 	return p
 }
 
-// helpRequest is returned by parseCommandLine when --help was asked for; it carries the text.
+// helpRequest is returned by parseCommandLine when help was asked for; it carries the text.
 type helpRequest struct{ text string }
 
 func (h *helpRequest) Error() string { return h.text }
 
 // parseCommandLine parses args twice when --config is given: the INI file first, then the
-// command line again on top, so that flags override the file.
+// command line again on top, so that flags override the file; --hook-arg values add to the
+// file's. `help [COMMAND]` and --help return a helpRequest.
 func parseCommandLine(args []string) (*commandLine, error) {
+	if len(args) > 0 && args[0] == "help" {
+		return nil, helpCommand(args[1:])
+	}
 	cl := &commandLine{}
 	p := newParser(cl)
 	rest, err := p.ParseArgs(args)
 	if err != nil {
-		return nil, flagsError(err)
+		return nil, flagsError(p, err)
+	}
+	if err := checkSharedOptions(p); err != nil {
+		return nil, err
 	}
 	if cl.global.Config != "" {
-		path := cl.global.Config
+		path, cmdHookArgs := cl.global.Config, cl.global.HookArgs
 		cl = &commandLine{}
 		p = newParser(cl)
 		if err := flags.NewIniParser(p).ParseFile(path); err != nil {
 			return nil, iniError(path, err)
 		}
+		fileHookArgs := slices.Clone(cl.global.HookArgs)
 		if rest, err = p.ParseArgs(args); err != nil {
-			return nil, flagsError(err)
+			return nil, flagsError(p, err)
 		}
-	}
-	if len(rest) > 0 {
-		return nil, usagef("unexpected argument %q (see knockknock --help)", rest[0])
+		if len(cmdHookArgs) > 0 {
+			cl.global.HookArgs = append(fileHookArgs, cmdHookArgs...)
+		}
 	}
 	cl.command = "serve"
 	if p.Active != nil {
 		cl.command = p.Active.Name
 	}
+	if len(rest) > 0 {
+		return nil, usagef("unexpected argument %q (see knockknock help %s)", rest[0], cl.command)
+	}
+	cl.global.portsGiven = p.FindOptionByLongName("ports").IsSet()
 	return cl, nil
 }
 
-func flagsError(err error) error {
+// helpCommand is `knockknock help [COMMAND]`, as in the go tool.
+func helpCommand(args []string) error {
+	p := newParser(&commandLine{})
+	switch {
+	case len(args) == 0:
+		return &helpRequest{helpText(p, "")}
+	case len(args) == 1 && (args[0] == "-h" || args[0] == "--help"):
+		return &helpRequest{helpText(p, "help")}
+	case len(args) == 1 && commandInfoOf(args[0]) != nil:
+		return &helpRequest{helpText(p, args[0])}
+	case len(args) == 1:
+		return usagef("help %s: unknown command; the commands are serve, knock, check, keygen and help", args[0])
+	}
+	return usagef("help takes one command at most, such as: knockknock help knock")
+}
+
+// checkSharedOptions refuses a server option given on the command line to a command that does
+// not read it (`knock --timeout 3` would be silently ignored).
+func checkSharedOptions(p *flags.Parser) error {
+	if p.Active == nil {
+		return nil
+	}
+	info := commandInfoOf(p.Active.Name)
+	if info == nil || info.shared == nil {
+		return nil
+	}
+	var reads []string
+	for _, o := range info.shared {
+		reads = append(reads, "--"+o.long)
+	}
+	for _, o := range p.Group.Find("Application Options").Options() {
+		if !o.IsSet() || o.IsSetDefault() || slices.Contains(reads, "--"+o.LongName) {
+			continue
+		}
+		if len(reads) == 0 {
+			return usagef("%s takes no server options: --%s does not apply to it (see knockknock help %s)", info.name, o.LongName, info.name)
+		}
+		return usagef("--%s is a server option: %s reads only %s and %s of them (see knockknock help %s)", o.LongName, info.name,
+			strings.Join(reads[:len(reads)-1], ", "), reads[len(reads)-1], info.name)
+	}
+	return nil
+}
+
+// helpText is an overview of the commands (name ""), or one command's usage and the options it
+// reads: its own first, then the server options it shares.
+func helpText(p *flags.Parser, name string) string {
+	var b strings.Builder
+	if name == "" {
+		b.WriteString("knockknock: a port-knocking server with Lua unlock hooks.\n\nUsage:\n")
+		for _, c := range commandInfos {
+			fmt.Fprintf(&b, "  %-43s %s\n", c.usage, c.short)
+		}
+		b.WriteString("\nRun \"knockknock help COMMAND\" for a command's options (serve: the server's).\n")
+		return b.String()
+	}
+	info := commandInfoOf(name)
+	fmt.Fprintf(&b, "Usage:\n  %s\n\n%s\n\nOptions:\n", info.usage, wrapText(info.long, helpWidth, ""))
+	var opts [][2]string
+	if cmd := p.Find(name); cmd != nil {
+		for _, o := range cmd.Options() {
+			opts = append(opts, optionHelp(o, o.Description))
+		}
+	}
+	for _, o := range p.Group.Find("Application Options").Options() {
+		if info.shared == nil {
+			opts = append(opts, optionHelp(o, o.Description))
+		}
+		for _, s := range info.shared {
+			if s.long == o.LongName {
+				opts = append(opts, optionHelp(o, cmp.Or(s.description, o.Description)))
+			}
+		}
+	}
+	opts = append(opts, [2]string{"-h, --help", "this help"})
+	const column = 30
+	indent := strings.Repeat(" ", column)
+	for _, o := range opts {
+		text := wrapText(o[1], helpWidth, indent)
+		if len(o[0])+2 < column-1 {
+			fmt.Fprintf(&b, "  %-*s%s\n", column-2, o[0], text[column:])
+		} else {
+			fmt.Fprintf(&b, "  %s\n%s\n", o[0], text)
+		}
+	}
+	return b.String()
+}
+
+const helpWidth = 100
+
+// optionHelp is an option's names and value, and its description with its default.
+func optionHelp(o *flags.Option, description string) [2]string {
+	names := "    "
+	if o.ShortName != 0 {
+		names = "-" + string(o.ShortName)
+		if o.LongName != "" {
+			names += ", "
+		}
+	}
+	if o.LongName != "" {
+		names += "--" + o.LongName
+	}
+	if o.ValueName != "" {
+		names += " " + o.ValueName
+	}
+	if len(o.Default) > 0 {
+		description += " (default " + strings.Join(o.Default, ",") + ")"
+	}
+	return [2]string{names, description}
+}
+
+// wrapText breaks s into lines of at most width characters, each starting with indent.
+func wrapText(s string, width int, indent string) string {
+	var b strings.Builder
+	line := indent
+	for _, w := range strings.Fields(s) {
+		if len(line) > len(indent) && len(line)+1+len(w) > width {
+			b.WriteString(line + "\n")
+			line = indent
+		}
+		if len(line) > len(indent) {
+			line += " "
+		}
+		line += w
+	}
+	b.WriteString(line)
+	return b.String()
+}
+
+func flagsError(p *flags.Parser, err error) error {
+	name := ""
+	if p.Active != nil {
+		name = p.Active.Name
+	}
 	var ferr *flags.Error
 	if errors.As(err, &ferr) && ferr.Type == flags.ErrHelp {
-		return &helpRequest{ferr.Message}
+		return &helpRequest{helpText(p, name)}
 	}
-	return usagef("%s (see knockknock --help)", oneLine(err.Error()))
+	return usagef("%s (see knockknock help %s)", oneLine(err.Error()), cmp.Or(name, "serve"))
 }
 
 func iniError(path string, err error) error {
 	var ierr *flags.IniError
 	if errors.As(err, &ierr) {
-		return usagef("config %s line %d: %s", path, ierr.LineNumber, oneLine(ierr.Message))
+		msg := oneLine(ierr.Message)
+		if strings.HasPrefix(msg, "strconv.ParseBool") { // capture, verbose
+			key, value := iniLine(path, int(ierr.LineNumber))
+			msg = fmt.Sprintf("invalid %s %q: want true or false", key, value)
+		}
+		return usagef("config %s line %d: %s", path, ierr.LineNumber, msg)
 	}
 	var perr *os.PathError
 	if errors.As(err, &perr) {
 		return usagef("config %s: %v", path, perr.Err)
 	}
 	return usagef("config %s: %s", path, oneLine(err.Error()))
+}
+
+// iniLine reads back the key and value of a config file's line, for an error about it.
+func iniLine(path string, n int) (key, value string) {
+	text, err := readSmallFile(path, 1<<20)
+	lines := strings.Split(string(text), "\n")
+	if err != nil || n < 1 || n > len(lines) {
+		return "value", ""
+	}
+	key, value, _ = strings.Cut(lines[n-1], "=")
+	return strings.TrimSpace(key), strings.TrimSpace(value)
 }
 
 func oneLine(s string) string {
@@ -322,6 +528,10 @@ func buildConfig(o *globalOptions) (*config, error) {
 		if err != nil {
 			return nil, usagef("invalid --hook-arg %q: %v", kv, err)
 		}
+		if i := slices.IndexFunc(c.hookArgs, func(a [2]string) bool { return a[0] == k }); i >= 0 {
+			c.hookArgs[i][1] = v // given again: the later value wins (the command line's over the file's)
+			continue
+		}
 		c.hookArgs = append(c.hookArgs, [2]string{k, v})
 	}
 	if err := c.buildDoors(o, timeout); err != nil {
@@ -375,9 +585,9 @@ func buildConfig(o *globalOptions) (*config, error) {
 // buildDoors makes the doors: from --knockd-config, from --door, or the one door of --ports.
 func (c *config) buildDoors(o *globalOptions, timeout time.Duration) error {
 	switch {
-	case o.KnockdConfig != "" && (len(o.Doors) > 0 || o.Ports != ""):
+	case o.KnockdConfig != "" && (len(o.Doors) > 0 || o.portsGiven):
 		return usagef("--knockd-config brings its own doors: leave out --ports and --door")
-	case len(o.Doors) > 0 && o.Ports != "":
+	case len(o.Doors) > 0 && o.portsGiven:
 		return usagef("use either --ports (one door) or --door (named doors), not both")
 	case o.KnockdConfig != "":
 		text, err := readSmallFile(o.KnockdConfig, 1<<20)
@@ -412,16 +622,10 @@ func (c *config) buildDoors(o *globalOptions, timeout time.Duration) error {
 		}
 	default:
 		ports := o.Ports
-		if ports == "" {
+		if !o.portsGiven && ports == "" {
 			ports = defaultPorts
 		}
-		seq, err := parsePortSpecs(ports, protoUDP)
-		if err == nil && len(seq) == 0 {
-			err = errors.New("the knock sequence needs at least one port")
-		}
-		if err == nil && len(seq) > maxSequenceLen {
-			err = fmt.Errorf("at most %d ports", maxSequenceLen)
-		}
+		seq, err := parseSequence(ports)
 		if err != nil {
 			return usagef("invalid --ports %q: %v", o.Ports, err)
 		}
@@ -566,6 +770,21 @@ func isPrefix(a, b []portSpec) bool {
 		}
 	}
 	return true
+}
+
+// parseSequence parses a knock sequence: a port list of 1 to maxSequenceLen ports, a bare port
+// UDP. An empty list is an error wherever a sequence is given.
+func parseSequence(s string) ([]portSpec, error) {
+	seq, err := parsePortSpecs(s, protoUDP)
+	switch {
+	case err != nil:
+		return nil, err
+	case len(seq) == 0:
+		return nil, errors.New("the knock sequence needs at least one port")
+	case len(seq) > maxSequenceLen:
+		return nil, fmt.Errorf("at most %d ports", maxSequenceLen)
+	}
+	return seq, nil
 }
 
 // parsePortSpecs parses "7000:tcp,8000:udp,9000": ports 1-65535, each optionally ":tcp" or
@@ -1109,6 +1328,26 @@ func scanWarning(seq, decoys []portSpec) string {
 	return fmt.Sprintf("the sequence %s is %s: a sequential port scan completes it; reorder it, add --decoys between the knock ports, or use authenticated knocks", formatSpecs(seq), order)
 }
 
+// fewOrdersWarning says when a plain sequence has so few orders (3 ports or fewer: at most 6) that
+// a scan of its ports in random order completes it by chance. A one-port sequence is
+// scanWarning's.
+func fewOrdersWarning(seq []portSpec) string {
+	if len(seq) < 2 || len(seq) > 3 {
+		return ""
+	}
+	orders := 1 // n! over the factorial of each port's repeats
+	seen := map[portSpec]int{}
+	for i, p := range seq {
+		seen[p]++
+		orders = orders * (i + 1) / seen[p]
+	}
+	what := fmt.Sprintf("only %d orders", orders)
+	if orders == 1 {
+		what = "one order"
+	}
+	return fmt.Sprintf("a plain sequence of %d knocks has %s: a scan of those ports in random order completes it by chance, and anyone who sees a knock can replay it; use authenticated knocks (--secret-file or --keys), a longer sequence, or --decoys", len(seq), what)
+}
+
 // portRole is what the tracker needs to know about a port without a map lookup.
 type portRole struct {
 	watched    bool
@@ -1555,10 +1794,12 @@ func useOneTimeSequence(path string) ([]portSpec, error) {
 // A client's first knock, or the challenge an authenticated client was issued, takes a compact
 // slot (32 or 104 bytes) in a set-associative table where a newcomer replaces the oldest entry
 // of its bucket. Only a second knock (or a first authenticated one) makes a client record, and
-// client records are only ever evicted by other client records. So a flood of spoofed first
-// knocks or of hellos churns the compact slots, never the clients with real progress, and a
-// genuine first knock survives a flood of several hundred thousand first knocks a second in its
-// 16-way bucket for many seconds.
+// client records are only ever evicted by other client records, and then only those that have
+// come less far than the newcomer: when every candidate has an attempt in progress as far along,
+// the newcomer is refused (counted in refused). So a flood of spoofed first knocks or of hellos
+// churns the compact slots, never the clients with real progress, a genuine first knock survives
+// a flood of several hundred thousand first knocks a second in its 16-way bucket for many
+// seconds, and more clients at once than --max-clients do not push each other out in turn.
 
 // addrKey is a client's address as a map key: 16 bytes, IPv4 in its IPv4-mapped form. It has no
 // pointer, so a map of a million clients costs the garbage collector nothing to scan.
@@ -1687,6 +1928,10 @@ type tracker struct {
 	maxGap    int64 // the longest door timeout: how long a first knock or challenge is kept
 	tcpDecoys bool  // some decoy is a TCP port
 	evicted   atomic.Uint64
+
+	// refused counts knocks that found no room for a new client record (evicted: client
+	// records with an attempt in progress pushed out).
+	refused atomic.Uint64
 }
 
 func newTracker(c *config, emit func([]event)) *tracker {
@@ -1897,7 +2142,16 @@ func (t *tracker) addFirst(s *shard, h uint64, from addrKey, pk pendingKnock, ou
 			}
 			return
 		}
-		i := t.newClient(s, from)
+		reach := t.reach(f.pk, pk, out.trial)
+		i := t.newClient(s, from, reach, pk.ts, out.trial)
+		if i == noSlot {
+			// No room: the first knock stays where it is. A knock that takes no door anywhere
+			// is a failure all the same, so that a full table shelters no guessing from bans.
+			if reach == 0 {
+				t.strayFailure(s, from, &pk, out)
+			}
+			return
+		}
 		c := s.slot(i)
 		if f.pk.settled() { // its effect was applied when it was settled: replay it silently
 			t.applyAll(s, i, c, f.pk, nil)
@@ -1990,10 +2244,34 @@ func (t *tracker) duplicate(a, b *pendingKnock) bool {
 	return gap <= int64(time.Second) && gap <= t.doors[t.roles.of(a.spec()).door].retransmit
 }
 
-// newClient makes a client record, evicting another client record when the shard is full.
-func (t *tracker) newClient(s *shard, k addrKey) int32 {
-	if len(s.index) >= s.limit {
-		s.evict(t)
+// reach is how far a newcomer's first two knocks, a and b, take it on its best door; one that
+// completes a door outranks every attempt in progress. trial is scratch.
+func (t *tracker) reach(a, b pendingKnock, trial []progress) int {
+	if b.ts < a.ts {
+		a, b = b, a
+	}
+	clear(trial)
+	best := 0
+	for d := range t.doors {
+		if !t.open(d) {
+			continue
+		}
+		for _, k := range []*pendingKnock{&a, &b} {
+			if v, _ := t.doors[d].apply(&trial[d], k); v == verdictUnlocked {
+				best = maxSequenceLen + 1
+			}
+		}
+		best = max(best, int(trial[d].step))
+	}
+	return best
+}
+
+// newClient makes a client record for a newcomer that has come as far as reach (see evict),
+// or returns noSlot when the shard is full and nothing may make room for it.
+func (t *tracker) newClient(s *shard, k addrKey, reach int, now int64, trial []progress) int32 {
+	if len(s.index) >= s.limit && !s.evict(t, reach, now, trial) {
+		t.refused.Add(1)
+		return noSlot
 	}
 	var i int32
 	if n := len(s.free); n > 0 {
@@ -2023,29 +2301,47 @@ func (s *shard) touch(i int32) {
 	}
 }
 
-// evict makes room for one client: among the 16 least recently seen, the least advanced (the
-// fewest knocks counted or waiting on its best door), the least recently seen of those. One
+// evict makes room for a newcomer that has come as far as reach: among the 16 least recently
+// seen, the least advanced, the least recently seen of those, unless it has an attempt in
+// progress that has come as far as the newcomer or further: then it reports false, and nothing
+// is evicted. (Evicting it would let clients push each other out in turn, and none unlock.) One
 // with an attempt in progress counts as evicted.
-func (s *shard) evict(t *tracker) {
+func (s *shard) evict(t *tracker, reach int, now int64, trial []progress) bool {
 	victim, least := s.tail, math.MaxInt
 	for n, j := 0, s.tail; n < 16 && j != noSlot; n, j = n+1, s.slot(j).prev {
-		if a := t.advance(s.slot(j), s.progress(j, len(t.doors))); a < least {
+		if a := t.advance(s.slot(j), s.progress(j, len(t.doors)), now, trial); a < least {
 			victim, least = j, a
 		}
+	}
+	if least > 0 && least >= reach {
+		return false
 	}
 	s.remove(victim)
 	if least > 0 {
 		t.evicted.Add(1)
 	}
+	return true
 }
 
-// advance is how far a client has come: its knocks waiting, plus its furthest step on a door.
-func (t *tracker) advance(c *client, ps []progress) int {
-	best := 0
-	for i := range ps {
-		best = max(best, int(ps[i].step))
+// advance is how far a client has come at now: the furthest step on a door that its settled and
+// pending knocks take it to, where an attempt past its door's timeout counts for nothing. trial
+// is scratch.
+func (t *tracker) advance(c *client, ps []progress, now int64, trial []progress) int {
+	copy(trial, ps)
+	for j := range int(c.npending) {
+		pk := c.pending.get(j)
+		for d := range t.doors {
+			t.doors[d].apply(&trial[d], &pk)
+		}
 	}
-	return best + int(c.npending)
+	best := 0
+	for d := range trial {
+		r := &t.doors[d]
+		if p := &trial[d]; t.open(d) && p.step > 0 && now-p.last <= r.timeout && (r.seqTimeout == 0 || now-p.first <= r.seqTimeout) {
+			best = max(best, int(p.step))
+		}
+	}
+	return best
 }
 
 func (s *shard) pushFront(i int32) {
@@ -2856,12 +3152,16 @@ func (t *tracker) authKnock(k *knock, tok *knockToken, m *macScratch, out *outbo
 		s.mu.Unlock()
 		return why
 	}
-	st.used |= 1 << tok.pos
 	if chal != nil {
-		i = t.newClient(s, k.from)
+		if i = t.newClient(s, k.from, 1, k.ts, out.trial); i == noSlot {
+			s.mu.Unlock()
+			return dropNone // counted in refused; the challenge stays for a later knock
+		}
+		chal.state.used |= 1 << tok.pos
 		*s.authOf(i) = chal.state
 		chal.state = authState{}
 	} else {
+		st.used |= 1 << tok.pos
 		s.touch(i)
 	}
 	pk := t.pending(k)
@@ -3145,6 +3445,7 @@ type intake struct {
 	tcpCounts [256]bool // whether any door counts a TCP segment with these flags
 	auth      bool
 	drops     [nDropReasons]atomic.Uint64
+	rejects   *rejectLog // -v with keys: log each rejected authenticated datagram; nil: don't
 }
 
 func newIntake(c *config, t *tracker) *intake {
@@ -3173,8 +3474,62 @@ func (in *intake) accept(k *knock, payload []byte, sc *scratch) int {
 	n, why := in.check(k, payload, sc)
 	if why != dropNone {
 		in.drops[why].Add(1)
+		if in.rejects != nil && why != dropFiltered && why != dropBanned {
+			in.rejects.record(k, why, payload)
+		}
 	}
 	return n
+}
+
+// rejectLog logs, with -v, each authenticated datagram the intake rejects and why: at most
+// rejectLogsPerSecond lines a second, the rest counted in one line. Reader goroutines share it.
+type rejectLog struct {
+	mu         sync.Mutex
+	log        *slog.Logger
+	second     int64
+	used, held int
+}
+
+const rejectLogsPerSecond = 200
+
+// rejectHints say what a rejection usually means, in the log line.
+var rejectHints = [nDropReasons]string{
+	dropUnauthenticated: "a plain knock: the client must knock with the key (knock --secret-file)",
+	dropMalformed:       "not a knockknock message of this version",
+	dropUnknownKey:      "the key is not in the server's keys (or was revoked): the client's key differs",
+	dropBadMAC:          "the MAC does not match the key its id names: another key, or a damaged datagram",
+	dropSkew:            "the client's clock differs from the server's by more than --max-skew",
+	dropNoChallenge:     "no challenge for this address and key: the hello was lost or expired, the attempt is over, or the knock comes from another address than its hello",
+	dropPosition:        "the token names a position that is not this port in any door: the client knocks another sequence",
+	dropReplay:          "this hello or position was seen already: a retransmission or a replay",
+}
+
+func (r *rejectLog) record(k *knock, why dropReason, payload []byte) {
+	now := time.Now()
+	r.mu.Lock()
+	held := 0
+	if sec := now.Unix(); sec != r.second {
+		held, r.second, r.used, r.held = r.held, sec, 0, 0
+	}
+	ok := r.used < rejectLogsPerSecond
+	if ok {
+		r.used++
+	} else {
+		r.held++
+	}
+	r.mu.Unlock()
+	if held > 0 {
+		r.log.Warn("rejected datagrams not logged: over the rate limit", "event", "overload", "count", held, "limit_per_second", rejectLogsPerSecond)
+	}
+	if !ok {
+		return
+	}
+	attrs := []any{"event", "reject", "ip", k.from.addr().String(), "port", int(k.port.port), "reason", why.String()}
+	if why == dropSkew && len(payload) >= 20 { // a hello: its client time is at bytes 12-20
+		sent := int64(binary.BigEndian.Uint64(payload[12:20]))
+		attrs = append(attrs, "skew", (time.Duration(k.ts/int64(time.Millisecond)-sent) * time.Millisecond).String())
+	}
+	r.log.Info("authenticated datagram rejected", append(attrs, "hint", rejectHints[why])...)
 }
 
 func (in *intake) check(k *knock, payload []byte, sc *scratch) (int, dropReason) {
@@ -3896,6 +4251,9 @@ func newServer(cfg *config, log *slog.Logger, proto *lua.FunctionProto) *server 
 	s.tracker = newTracker(cfg, s.hooks.queue.push)
 	s.hooks.tracker = s.tracker
 	s.intake = newIntake(cfg, s.tracker)
+	if cfg.verbose && cfg.keys != nil {
+		s.intake.rejects = &rejectLog{log: log}
+	}
 	return s
 }
 
@@ -4039,9 +4397,9 @@ func (s *server) reply(port uint16, to netip.AddrPort, from netip.Addr, payload 
 func (s *server) janitor(stop <-chan struct{}) {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	var reportedShed, reportedEvictions uint64
+	var reportedShed, reportedEvictions, reportedRefusals uint64
 	var reportedDrops [nDropReasons]uint64
-	lastDropLog := time.Time{}
+	lastDropLog, lastRefusalLog := time.Time{}, time.Time{}
 	for {
 		select {
 		case <-stop:
@@ -4057,6 +4415,10 @@ func (s *server) janitor(stop <-chan struct{}) {
 			if e := s.tracker.evicted.Load(); e != reportedEvictions {
 				s.log.Warn("client table full: attempts in progress dropped", "event", "overload", "evicted", e-reportedEvictions, "max_clients", s.cfg.maxClients)
 				reportedEvictions = e
+			}
+			if r := s.tracker.refused.Load(); r != reportedRefusals && now.Sub(lastRefusalLog) >= time.Second {
+				s.log.Warn("client table full: knocks from new clients refused", "event", "overload", "refused", r-reportedRefusals, "max_clients", s.cfg.maxClients)
+				reportedRefusals, lastRefusalLog = r, now
 			}
 			if s.cfg.verbose && now.Sub(lastDropLog) >= time.Second {
 				var attrs []any
@@ -6156,11 +6518,16 @@ func newKnockPlan(cl *commandLine) (*knockPlan, error) {
 	var err error
 	switch {
 	case len(k.Args.Ports) > 0:
-		if plan.ports, err = parsePortSpecs(strings.Join(k.Args.Ports, ","), protoUDP); err != nil {
+		for _, a := range k.Args.Ports {
+			if strings.TrimSpace(a) == "" {
+				return nil, usagef("invalid PORT %q: empty; give port numbers, such as 7000 8000:tcp", a)
+			}
+		}
+		if plan.ports, err = parseSequence(strings.Join(k.Args.Ports, ",")); err != nil {
 			return nil, usagef("invalid PORT %q: %v", strings.Join(k.Args.Ports, " "), err)
 		}
-	case cl.global.Ports != "":
-		if plan.ports, err = parsePortSpecs(cl.global.Ports, protoUDP); err != nil {
+	case cl.global.portsGiven:
+		if plan.ports, err = parseSequence(cl.global.Ports); err != nil {
 			return nil, usagef("invalid --ports %q: %v", cl.global.Ports, err)
 		}
 	case len(cl.global.Doors) == 1:
@@ -6174,14 +6541,8 @@ func newKnockPlan(cl *commandLine) (*knockPlan, error) {
 	default:
 		plan.ports, _ = parsePortSpecs(defaultPorts, protoUDP)
 	}
-	if len(plan.ports) == 0 || len(plan.ports) > maxSequenceLen {
-		return nil, usagef("knock: a sequence has 1 to %d ports", maxSequenceLen)
-	}
-	if plan.delay, err = parseDuration(k.Delay); err != nil || plan.delay > time.Minute {
-		return nil, usagef("invalid --delay %q: want a duration from 0 to 1m, such as 10ms or 0.5", k.Delay)
-	}
-	if plan.wait, err = parseDuration(k.Wait); err != nil || plan.wait < 10*time.Millisecond || plan.wait > 10*time.Minute {
-		return nil, usagef("invalid --wait %q: want a duration from 10ms to 10m, such as 3s", k.Wait)
+	if err := k.parseOptions(plan); err != nil {
+		return nil, err
 	}
 	if cl.global.SecretFile != "" {
 		secret, err := readSecretFile(cl.global.SecretFile)
@@ -6189,15 +6550,6 @@ func newKnockPlan(cl *commandLine) (*knockPlan, error) {
 			return nil, usagef("invalid --secret-file: %v", err)
 		}
 		plan.key = newUserKey("", secret)
-		switch e := k.Expect; {
-		case e == "local":
-			plan.local = true
-		case e != "":
-			if plan.expect, err = netip.ParseAddr(strings.Trim(e, "[]")); err != nil {
-				return nil, usagef("invalid --expect-address %q: want an IP address or local", e)
-			}
-			plan.expect = plan.expect.Unmap()
-		}
 		for _, p := range plan.ports {
 			if p.proto == protoTCP {
 				return nil, usagef("knock: authenticated knocks are UDP datagrams: %s cannot carry a token", p)
@@ -6205,6 +6557,28 @@ func newKnockPlan(cl *commandLine) (*knockPlan, error) {
 		}
 	}
 	return plan, nil
+}
+
+// parseOptions validates the client's own options (on the command line or in a config file's
+// [knock] section, which check validates with it) into plan.
+func (k *knockCommand) parseOptions(plan *knockPlan) error {
+	var err error
+	if plan.delay, err = parseDuration(k.Delay); err != nil || plan.delay > time.Minute {
+		return usagef("invalid --delay %q: want a duration from 0 to 1m, such as 10ms or 0.5", k.Delay)
+	}
+	if plan.wait, err = parseDuration(k.Wait); err != nil || plan.wait < 10*time.Millisecond || plan.wait > 10*time.Minute {
+		return usagef("invalid --wait %q: want a duration from 10ms to 10m, such as 3s", k.Wait)
+	}
+	switch e := k.Expect; {
+	case e == "local":
+		plan.local = true
+	case e != "":
+		if plan.expect, err = netip.ParseAddr(strings.Trim(e, "[]")); err != nil {
+			return usagef("invalid --expect-address %q: want an IP address or local", e)
+		}
+		plan.expect = plan.expect.Unmap()
+	}
+	return nil
 }
 
 // knockResult is what a knock achieved, as the client can tell.
@@ -6611,6 +6985,9 @@ func runServer(cl *commandLine, stdout, stderr io.Writer) int {
 		return report(err, stdout, stderr)
 	}
 	if cl.command == "check" {
+		if err := cl.knock.parseOptions(&knockPlan{}); err != nil { // the config file's [knock] section
+			return report(usagef("config %s, [knock] section: %v", cl.global.Config, err), stdout, stderr)
+		}
 		return runCheck(cfg, proto, newLogger(cfg, stderr), stdout, stderr)
 	}
 	lw := newLogWriter(stderr)
@@ -6618,7 +6995,8 @@ func runServer(cl *commandLine, stdout, stderr io.Writer) int {
 	return serve(cfg, proto, newLogger(cfg, lw), lw, stdout, stderr)
 }
 
-// runCheck loads the hook without side effects and prints the effective settings.
+// runCheck loads the hook without side effects and prints the effective settings on stdout,
+// and warnings on stderr.
 func runCheck(cfg *config, proto *lua.FunctionProto, log *slog.Logger, stdout, stderr io.Writer) int {
 	h := newHookRuntime(cfg, log, proto, &recordingEffects{})
 	hook, err := h.load(proto)
@@ -6676,13 +7054,15 @@ func runCheck(cfg *config, proto *lua.FunctionProto, log *slog.Logger, stdout, s
 	fmt.Fprintf(w, "max-clients:  %d\n", cfg.maxClients)
 	fmt.Fprintf(w, "bans:         %s\n", bans)
 	fmt.Fprintf(w, "log-format:   %s\n", cfg.logFormat)
-	for _, msg := range cfg.warnings {
-		fmt.Fprintf(w, "warning: %s\n", msg)
-	}
+	warnings := slices.Clone(cfg.warnings)
 	for _, d := range cfg.doors {
-		if cfg.keys == nil && len(d.seq) <= 4 {
-			fmt.Fprintf(w, "warning: door %s: a %d-port plain sequence has few orders: a scan of the knock ports can complete it by chance and a listener can replay it; use authenticated knocks, a longer sequence, or --decoys\n", d.name, len(d.seq))
+		if msg := fewOrdersWarning(d.seq); msg != "" && cfg.keys == nil {
+			warnings = append(warnings, fmt.Sprintf("door %s: %s", d.name, msg))
 		}
+	}
+	warnings = append(warnings, privilegeWarnings(cfg, effectiveCaps, unprivilegedPortStart())...)
+	for _, msg := range warnings {
+		fmt.Fprintf(stderr, "knockknock: warning: %s\n", msg)
 	}
 	if cfg.knockd != nil {
 		for _, note := range knockdNotes(cfg.knockd) {
@@ -6691,6 +7071,81 @@ func runCheck(cfg *config, proto *lua.FunctionProto, log *slog.Logger, stdout, s
 	}
 	fmt.Fprintln(w, "ok")
 	return exitOK
+}
+
+// Linux capabilities (capability.h) that serve may need.
+const (
+	capNetBindService = 10
+	capNetRaw         = 13
+)
+
+// effectiveCaps reads this process's effective capabilities; ok is false where /proc/self/status
+// does not say (not Linux).
+func effectiveCaps() (caps uint64, ok bool) {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
+	}
+	return parseCapEff(string(status))
+}
+
+// parseCapEff finds the CapEff line of a /proc/PID/status text: a bit set in hex.
+func parseCapEff(status string) (uint64, bool) {
+	for _, line := range strings.Split(status, "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return caps, err == nil
+		}
+	}
+	return 0, false
+}
+
+// unprivilegedPortStart is the lowest port anyone may bind (Linux:
+// net.ipv4.ip_unprivileged_port_start, 1024 unless lowered; it covers IPv6 too).
+func unprivilegedPortStart() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+	if err != nil {
+		return 1024
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 1024
+	}
+	return n
+}
+
+// privilegeWarnings says what serve would be refused for want of a capability: capture needs
+// CAP_NET_RAW; binding a port below portStart needs CAP_NET_BIND_SERVICE. It says nothing when
+// the capabilities cannot be read (not Linux).
+func privilegeWarnings(cfg *config, caps func() (uint64, bool), portStart int) []string {
+	eff, ok := caps()
+	if !ok {
+		return nil
+	}
+	has := func(c uint) bool { return eff&(1<<c) != 0 }
+	if cfg.capture {
+		if has(capNetRaw) {
+			return nil
+		}
+		return []string{"capture mode needs root or CAP_NET_RAW, and this process has neither: serve would exit 1"}
+	}
+	if has(capNetBindService) {
+		return nil
+	}
+	var low []string
+	for _, p := range cfg.watchedPorts() {
+		if int(p.port) < portStart {
+			low = append(low, strconv.Itoa(int(p.port)))
+		}
+	}
+	if len(low) == 0 {
+		return nil
+	}
+	what := "port " + low[0]
+	if len(low) > 1 {
+		what = "ports " + strings.Join(low, ", ")
+	}
+	return []string{fmt.Sprintf("binding UDP %s needs root or CAP_NET_BIND_SERVICE (ports below %d do), and this process has neither: serve would exit 1", what, portStart)}
 }
 
 // describeDoor is a door in one line, for check.

@@ -255,30 +255,46 @@ func TestTrackerForgetsStaleClients(t *testing.T) {
 }
 
 // A client record is made only at a second knock, and client records are only evicted by each
-// other: the table stays within --max-clients under a flood of two-knock clients, and a flood
-// of first knocks never touches it.
+// other: the table stays within --max-clients under a flood of two-knock clients. A blind flood
+// (wrong ports) takes only records without progress, so a legitimate client unlocks right after
+// it; a flood that knows the first two ports fills the table with attempts in progress, which
+// newcomers never push out: they are refused until those attempts time out.
 func TestTrackerBoundedByMaxClients(t *testing.T) {
-	c := testConfig(1, 2, 3)
-	c.maxClients = 1000
-	tr, rec := newTestTracker(c)
-	t0 := time.Now().UnixNano()
-	for i := range 20000 {
-		from := keyOf(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
-		feed(tr, knock{from: from, port: up(1), ts: t0 + int64(i)})
-		feed(tr, knock{from: from, port: up(2), ts: t0 + int64(i) + 1})
-	}
-	if n := tr.clients(); n > 1000 {
-		t.Fatalf("tracking %d clients, the cap is 1000", n)
-	}
-	if tr.evicted.Load() < 18000 {
-		t.Fatalf("evicted %d, want at least 18000", tr.evicted.Load())
-	}
-	legit := key("192.0.2.1")
-	for i, p := range []uint16{1, 2, 3} {
-		feed(tr, knock{from: legit, port: up(p), ts: t0 + int64(time.Second) + int64(i)})
-	}
-	if rec.unlocked("192.0.2.1") != 1 {
-		t.Fatal("a legitimate client did not unlock right after the flood")
+	for _, tc := range []struct {
+		name        string
+		flood       [2]uint16
+		legitAfter  time.Duration // when the legitimate client knocks, after the flood
+		refusedMin  uint64
+		unlockAfter bool
+	}{
+		{"blind flood, legit right after", [2]uint16{3, 2}, time.Second, 0, true},
+		{"sighted flood, legit during its attempts", [2]uint16{1, 2}, time.Second, 19000, false},
+		{"sighted flood, legit once they time out", [2]uint16{1, 2}, 6 * time.Second, 19000, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := testConfig(1, 2, 3)
+			c.maxClients = 1000
+			tr, rec := newTestTracker(c)
+			t0 := time.Now().UnixNano()
+			for i := range 20000 {
+				from := keyOf(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
+				feed(tr, knock{from: from, port: up(tc.flood[0]), ts: t0 + int64(i)})
+				feed(tr, knock{from: from, port: up(tc.flood[1]), ts: t0 + int64(i) + 1})
+			}
+			if n := tr.clients(); n > 1000 {
+				t.Fatalf("tracking %d clients, the cap is 1000", n)
+			}
+			if tr.evicted.Load() != 0 || tr.refused.Load() < tc.refusedMin {
+				t.Fatalf("evicted %d attempts in progress (want 0), refused %d (want at least %d)", tr.evicted.Load(), tr.refused.Load(), tc.refusedMin)
+			}
+			legit := key("192.0.2.1")
+			for i, p := range []uint16{1, 2, 3} {
+				feed(tr, knock{from: legit, port: up(p), ts: t0 + int64(tc.legitAfter) + int64(i)})
+			}
+			if got := rec.unlocked("192.0.2.1") == 1; got != tc.unlockAfter {
+				t.Fatalf("legitimate client unlocked: %v, want %v", got, tc.unlockAfter)
+			}
+		})
 	}
 }
 
