@@ -2301,19 +2301,26 @@ func (s *shard) touch(i int32) {
 	}
 }
 
+// evictGrace is how long after its last knock a client record with an attempt in progress is
+// safe from a newcomer that has come no further. Within it a full table refuses the newcomer
+// rather than push the attempt out: otherwise clients knocking in turn push each other out and
+// none unlocks. Past it the attempt may go, so that a flood of spoofed knock pairs cannot hold
+// the table and keep every new client out: to do that, it would have to fill the table within
+// the grace, --max-clients pairs every 0.5 s (131,072 a second, 262,144 datagrams, for the default).
+const evictGrace = int64(500 * time.Millisecond)
+
 // evict makes room for a newcomer that has come as far as reach: among the 16 least recently
-// seen, the least advanced, the least recently seen of those, unless it has an attempt in
-// progress that has come as far as the newcomer or further: then it reports false, and nothing
-// is evicted. (Evicting it would let clients push each other out in turn, and none unlock.) One
-// with an attempt in progress counts as evicted.
+// seen, the least advanced, the least recently seen of those. It reports false, and evicts
+// nothing, when that one has an attempt in progress as far along as the newcomer's or further
+// and knocked within evictGrace. One with an attempt in progress counts as evicted.
 func (s *shard) evict(t *tracker, reach int, now int64, trial []progress) bool {
-	victim, least := s.tail, math.MaxInt
+	victim, least, seen := s.tail, math.MaxInt, int64(0)
 	for n, j := 0, s.tail; n < 16 && j != noSlot; n, j = n+1, s.slot(j).prev {
-		if a := t.advance(s.slot(j), s.progress(j, len(t.doors)), now, trial); a < least {
-			victim, least = j, a
+		if a, at := t.advance(s.slot(j), s.progress(j, len(t.doors)), now, trial); a < least {
+			victim, least, seen = j, a, at
 		}
 	}
-	if least > 0 && least >= reach {
+	if least > 0 && least >= reach && now-seen < evictGrace {
 		return false
 	}
 	s.remove(victim)
@@ -2324,24 +2331,26 @@ func (s *shard) evict(t *tracker, reach int, now int64, trial []progress) bool {
 }
 
 // advance is how far a client has come at now: the furthest step on a door that its settled and
-// pending knocks take it to, where an attempt past its door's timeout counts for nothing. trial
-// is scratch.
-func (t *tracker) advance(c *client, ps []progress, now int64, trial []progress) int {
+// pending knocks take it to, where an attempt past its door's timeout counts for nothing; and
+// when it last knocked. trial is scratch.
+func (t *tracker) advance(c *client, ps []progress, now int64, trial []progress) (best int, seen int64) {
 	copy(trial, ps)
 	for j := range int(c.npending) {
 		pk := c.pending.get(j)
+		seen = max(seen, pk.ts)
 		for d := range t.doors {
 			t.doors[d].apply(&trial[d], &pk)
 		}
 	}
-	best := 0
 	for d := range trial {
 		r := &t.doors[d]
-		if p := &trial[d]; t.open(d) && p.step > 0 && now-p.last <= r.timeout && (r.seqTimeout == 0 || now-p.first <= r.seqTimeout) {
+		p := &trial[d]
+		seen = max(seen, p.last)
+		if t.open(d) && p.step > 0 && now-p.last <= r.timeout && (r.seqTimeout == 0 || now-p.first <= r.seqTimeout) {
 			best = max(best, int(p.step))
 		}
 	}
-	return best
+	return best, seen
 }
 
 func (s *shard) pushFront(i int32) {

@@ -258,7 +258,7 @@ func TestTrackerForgetsStaleClients(t *testing.T) {
 // other: the table stays within --max-clients under a flood of two-knock clients. A blind flood
 // (wrong ports) takes only records without progress, so a legitimate client unlocks right after
 // it; a flood that knows the first two ports fills the table with attempts in progress, which
-// newcomers never push out: they are refused until those attempts time out.
+// a newcomer cannot push out within evictGrace of their last knock (it is refused), and can after.
 func TestTrackerBoundedByMaxClients(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
@@ -266,10 +266,12 @@ func TestTrackerBoundedByMaxClients(t *testing.T) {
 		legitAfter  time.Duration // when the legitimate client knocks, after the flood
 		refusedMin  uint64
 		unlockAfter bool
+		evicted     uint64 // attempts in progress pushed out by the legitimate client
 	}{
-		{"blind flood, legit right after", [2]uint16{3, 2}, time.Second, 0, true},
-		{"sighted flood, legit during its attempts", [2]uint16{1, 2}, time.Second, 19000, false},
-		{"sighted flood, legit once they time out", [2]uint16{1, 2}, 6 * time.Second, 19000, true},
+		{"blind flood, legit right after", [2]uint16{3, 2}, time.Second, 0, true, 0},
+		{"sighted flood, legit within the grace", [2]uint16{1, 2}, time.Duration(evictGrace) / 5, 19000, false, 0},
+		{"sighted flood, legit after the grace", [2]uint16{1, 2}, time.Second, 19000, true, 1},
+		{"sighted flood, legit once they time out", [2]uint16{1, 2}, 6 * time.Second, 19000, true, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := testConfig(1, 2, 3)
@@ -293,6 +295,9 @@ func TestTrackerBoundedByMaxClients(t *testing.T) {
 			}
 			if got := rec.unlocked("192.0.2.1") == 1; got != tc.unlockAfter {
 				t.Fatalf("legitimate client unlocked: %v, want %v", got, tc.unlockAfter)
+			}
+			if got := tr.evicted.Load(); got != tc.evicted {
+				t.Fatalf("evicted %d attempts in progress, want %d", got, tc.evicted)
 			}
 		})
 	}
