@@ -46,7 +46,7 @@ func capNeedRoot(t *testing.T, tools ...string) {
 	}
 }
 
-// capPorts returns n ports that were free a moment ago, all different.
+// capPorts returns n different ports from freePort.
 func capPorts(t *testing.T, n int) []uint16 {
 	t.Helper()
 	seen := map[uint16]bool{}

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -689,6 +690,57 @@ func TestDemoNamesAPortHeldByAnotherProcess(t *testing.T) {
 			strings.Contains(out, "FAILED") || strings.Contains(stdout, "== ") {
 			t.Errorf("%s: demo.sh: exit %d, output:\n%s%s\nwant exit 1 and, at the end:\n%s\nThe demo needs these ports free, UDP and TCP: ...",
 				c.name, code, stdout, out, strings.Join(want, "\n"))
+		}
+	}
+}
+
+// The readiness signal that the tests wait for, as a supervisor sees it: READY=1 on NOTIFY_SOCKET
+// (a path, or an abstract name as systemd may give), sent when the listening line is already
+// written; a socket that cannot be reached costs a warning, not the server.
+func TestServeNotifiesReadiness(t *testing.T) {
+	listening := func(log string) bool { // the JSON log's listening record
+		for _, line := range strings.Split(log, "\n") {
+			var rec struct{ Msg, Event string }
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "listening" && rec.Event == "start" {
+				return true
+			}
+		}
+		return false
+	}
+	for _, c := range []struct {
+		name, socket string
+		ready        bool
+	}{
+		{"a path", filepath.Join(t.TempDir(), "notify"), true},
+		{"an abstract name", fmt.Sprintf("@knockknock-test-%d", os.Getpid()), true},
+		{"nothing there", filepath.Join(t.TempDir(), "absent"), false},
+	} {
+		var conn *net.UnixConn
+		if c.ready {
+			var err error
+			if conn, err = net.ListenUnixgram("unixgram", &net.UnixAddr{Name: c.socket, Net: "unixgram"}); err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+		}
+		cmd := exec.Command(binPath, "-p", portList([]uint16{freePort(t), freePort(t)}), "--hook", "hooks/log-only.lua", "--log-format", "json")
+		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+c.socket)
+		p := launch(t, cmd)
+		if c.ready {
+			buf := make([]byte, 64)
+			conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+			n, err := conn.Read(buf)
+			if err != nil || string(buf[:n]) != "READY=1" || !listening(p.stderr.String()) {
+				t.Errorf("%s: got %q (%v); want READY=1 after the listening record:\n%s", c.name, buf[:n], err, p.stderr.String())
+			}
+		} else {
+			waitFor(t, "the listening record", func() bool { return listening(p.stderr.String()) })
+			if want := `"msg":"cannot notify NOTIFY_SOCKET that the server is ready"`; !strings.Contains(p.stderr.String(), want) {
+				t.Errorf("%s: no warning %s:\n%s", c.name, want, p.stderr.String())
+			}
+		}
+		if code := p.stop(t); code != 0 {
+			t.Errorf("%s: exit %d, want 0:\n%s", c.name, code, p.stderr.String())
 		}
 	}
 }
