@@ -6,6 +6,9 @@
 #   -> as root, capture mode: a second server whose knock ports (TCP and UDP) scan like every
 #      other closed port, unlocked by a TCP knock -> a request to its service on 8081
 #
+# First it checks that no other process holds a port it needs (UDP or TCP); if one does, it says
+# which port and which process, and exits 1 having started nothing.
+#
 # It builds knockknock once, starts it with the default hook, and stops it on any exit. Each step
 # is checked; the first that does not hold ends the demo with a non-zero exit. It uses nmap where
 # installed and falls back to ss. Ports 123, 456 and 789 need root; as another user the demo
