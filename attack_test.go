@@ -329,7 +329,7 @@ func TestAttackSequenceFloodLosesNoUnlock(t *testing.T) {
 	default:
 	}
 	<-done
-	time.Sleep(1500 * time.Millisecond) // the reorder window, and the hook queue drains
+	time.Sleep(settled) // the reorder window, and the hook queue drains
 	drops := atkSocketDrops(s.ports)
 	stopped := atkStop(t, s.proc)
 	shed := atkLogLine(s.stderr.String(), "msg=\"hook queue full")
@@ -446,9 +446,9 @@ func TestAttackWrongKnockFloodThenGuessing(t *testing.T) {
 	s := atkStart(t, "127.0.0.", "--ban-after", "3", "--max-clients", "1024")
 	snd := atkNewSender(t)
 	sent := snd.send(atkClients("127.3.0.1", 8192, s.ports[1]), 0, nil)
-	time.Sleep(1500 * time.Millisecond) // the wrong knocks settle: the ban table is full
+	time.Sleep(settled) // the wrong knocks settle: the ban table is full
 	atkGuess(t, snd, "127.0.0.2", 10*time.Millisecond, append(atkWrong(s, 40), s.ports...)...)
-	time.Sleep(1500 * time.Millisecond)
+	time.Sleep(settled) // the failures settle
 	stopped := atkStop(t, s.proc)
 	t.Logf("%d spoofed wrong knocks; then 127.0.0.2 failed 40 times: banned %d times, unlocked %d; %s knocks dropped as banned",
 		sent, s.banned("127.0.0.2"), s.unlocked("127.0.0.2"), stopped["dropped.banned"])
@@ -486,7 +486,7 @@ func TestAttackBanTableFullOfBans(t *testing.T) {
 	}
 	atkGuess(t, snd, "127.0.0.2", 10*time.Millisecond, append(atkWrong(s, 40), s.ports...)...)
 	atkGuess(t, snd, "127.0.0.3", 10*time.Millisecond, s.ports...)
-	time.Sleep(1500 * time.Millisecond)
+	time.Sleep(settled) // the failures settle
 	stopped := atkStop(t, s.proc)
 	t.Logf("%d spoofed wrong knocks, 3 per source: %d sources banned; then 127.0.0.2 failed 40 times: banned %d times, unlocked %d; 127.0.0.3 (banned before) unlocked %d; %s knocks dropped as banned",
 		sent, s.banned("127.4."), s.banned("127.0.0.2"), s.unlocked("127.0.0.2"), s.unlocked("127.0.0.3"), stopped["dropped.banned"])
@@ -531,7 +531,7 @@ func TestAttackBanChurnByFlood(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	secs := time.Since(start).Seconds()
-	time.Sleep(1200 * time.Millisecond) // the last failures settle
+	time.Sleep(settled) // the last failures settle
 	stopped := atkStop(t, s.proc)
 	t.Logf("%d spoofed wrong knocks in %.1fs (%.0f/s); 127.0.0.2 failed 4 times, 1s apart: banned %d times, unlocked %d; %s knocks dropped as banned",
 		sent.Load(), secs, float64(sent.Load())/secs, s.banned("127.0.0.2"), s.unlocked("127.0.0.2"), stopped["dropped.banned"])
@@ -557,7 +557,7 @@ func TestAttackBanStopsTheSequenceBehindIt(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	time.Sleep(1500 * time.Millisecond)
+	time.Sleep(settled) // the failures settle
 	atkStop(t, s.proc)
 	banned, unlocked := 0, 0
 	for i := range 10 {
@@ -625,7 +625,7 @@ func TestAttackIPv6BanCoversThePrefix(t *testing.T) {
 	ports := []uint16{freePort(t), freePort(t), freePort(t)}
 	out := recording(filepath.Join(t.TempDir(), "events"))
 	p := startIn(t, exec.Command("ip", "netns", "exec", ns.name, binPath, "-p", portList(ports), "--ban-after", "3",
-		"--hook", atkHook(t, atkEventHook), "--hook-arg", "out="+string(out)), "msg=listening")
+		"--hook", atkHook(t, atkEventHook), "--hook-arg", "out="+string(out)))
 	srv := &atkServer{proc: p, ports: ports, out: out}
 	// One socket per source address, made in the namespace.
 	socks := map[string]*net.UDPConn{}
@@ -913,7 +913,7 @@ func TestAttackDuplicateKnocks(t *testing.T) {
 	for _, c := range cases {
 		snd.send(atkClients(c.base, 100, c.ports...), 0, nil)
 	}
-	time.Sleep(1500 * time.Millisecond) // the reorder window
+	time.Sleep(settled) // the reorder window
 	drops := atkSocketDrops(append([]uint16{decoy}, s.ports...))
 	atkStop(t, s.proc)
 	for _, c := range cases {

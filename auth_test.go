@@ -435,7 +435,7 @@ func (n auNet) run(t *testing.T, ns string, args ...string) (stdout, stderr stri
 // server starts knockknock in the server namespace.
 func (n auNet) server(t *testing.T, args ...string) *proc {
 	t.Helper()
-	return startIn(t, n.cmd(n.srv, append([]string{binPath}, args...)...), "msg=listening")
+	return startIn(t, n.cmd(n.srv, append([]string{binPath}, args...)...))
 }
 
 // knock runs `knockknock knock` in the client namespace.

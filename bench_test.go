@@ -90,9 +90,7 @@ func BenchmarkKnockTrackerParallel(b *testing.B) {
 // BenchmarkKnockListener: one op is one datagram through a real loopback socket, the read
 // loop, the intake, the tracker and the hook queue (a one-port sequence: every datagram unlocks).
 func BenchmarkKnockListener(b *testing.B) {
-	probe, _ := net.ListenUDP("udp", &net.UDPAddr{})
-	port := uint16(probe.LocalAddr().(*net.UDPAddr).Port)
-	probe.Close()
+	port := freePort(b)
 	c := testConfig(port)
 	c.listen = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
 	s := &server{cfg: c, log: slog.New(slog.DiscardHandler), services: map[int]*service{}}

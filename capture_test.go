@@ -46,7 +46,7 @@ func capNeedRoot(t *testing.T, tools ...string) {
 	}
 }
 
-// capPorts returns n ports that were free a moment ago, all different.
+// capPorts returns n different ports from freePort.
 func capPorts(t *testing.T, n int) []uint16 {
 	t.Helper()
 	seen := map[uint16]bool{}
@@ -452,7 +452,7 @@ func TestCaptureNetnsScanThenKnock(t *testing.T) {
 	capNeedRoot(t, "ip", "nmap", "knock")
 	n := capNewNet(t)
 	srv := startIn(t, n.in(n.srv, binPath, "--capture", "-v", "--hook", capQuietHook(t),
-		"--door", "tcp=7001:tcp,7003:tcp,7002:tcp", "--door", "mixed=7004:tcp,7006:udp,7005:udp"), "msg=listening")
+		"--door", "tcp=7001:tcp,7003:tcp,7002:tcp", "--door", "mixed=7004:tcp,7006:udp,7005:udp"))
 	// The doors' sequences backwards, interleaved: no order of these runs completes one.
 	scans := []capScan{{7500, "-sS"}, {7002, "-sS"}, {7500, "-sU"}, {7005, "-sU"}, {7006, "-sU"}, {7001, "-sS"}}
 	for _, host := range []string{capSrv4, capSrv6} {

@@ -6,6 +6,9 @@
 #   -> as root, capture mode: a second server whose knock ports (TCP and UDP) scan like every
 #      other closed port, unlocked by a TCP knock -> a request to its service on 8081
 #
+# First it checks that no other process holds a port it needs (UDP or TCP); if one does, it says
+# which port and which process, and exits 1 having started nothing.
+#
 # It builds knockknock once, starts it with the default hook, and stops it on any exit. Each step
 # is checked; the first that does not hold ends the demo with a non-zero exit. It uses nmap where
 # installed and falls back to ss. Ports 123, 456 and 789 need root; as another user the demo
@@ -26,6 +29,45 @@ else
   echo "(not root: knocking on $k1,$k2,$k3 instead of 123,456,789)"
 fi
 ports="$k1,$k2,$k3"
+c1=7000 c2=9000 c3=8000 unused=7500 cservice=8081 # capture mode (root): knock ports, a port no door uses, its service
+
+# Before anything starts: every port the demo uses must be free, UDP and TCP. A port held by
+# another process (a server left running from an earlier try, say) would make a step fail in a
+# way that reads as if the demo's own server were at fault.
+needed="$k1 $k2 $k3 $service"
+[ "$(id -u)" -eq 0 ] && needed="$needed $c1 $c2 $c3 $unused $cservice"
+if command -v ss >/dev/null 2>&1; then
+  held=() pids=() first=
+  for port in $needed; do
+    for proto in udp tcp; do
+      line=$(ss -Hln"${proto:0:1}"p "sport = :$port" 2>/dev/null | head -1) || true
+      [ -n "$line" ] || continue
+      first=${first:-$port}
+      user=$(grep -o 'users:(("[^"]*",pid=[0-9]*' <<<"$line" | head -1) || true
+      if [ -n "$user" ]; then
+        name=${user#*\"} name=${name%%\"*} pid=${user##*pid=}
+        held+=("$(printf '%-9s held by %s (pid %s)' "$port/$proto" "$name" "$pid")")
+        pids+=("$pid")
+      else
+        held+=("$(printf '%-9s held by a process that ss names only to root' "$port/$proto")")
+      fi
+    done
+  done
+  if [ ${#held[@]} -gt 0 ]; then
+    {
+      echo "demo.sh: another process holds ports the demo needs; the demo has started nothing:"
+      printf '   %s\n' "${held[@]}"
+      if [ ${#pids[@]} -gt 0 ]; then
+        echo "Stop it (kill $(printf '%s\n' "${pids[@]}" | sort -un | paste -sd ' ')) and run ./demo.sh again."
+      fi
+      echo "To see what holds a port: ss -lntup 'sport = :$first' (as root, to see the process)."
+      echo "The demo needs these ports free, UDP and TCP: ${needed// /,}."
+    } >&2
+    exit 1
+  fi
+else
+  echo "(ss is not installed: cannot check beforehand that ports ${needed// /,} are free)"
+fi
 
 work=$(mktemp -d)
 server_pid=
@@ -166,7 +208,6 @@ case "$reply" in *"$host"*) ;; *) fail "unexpected answer: $reply" ;; esac
 # sockets, binds nothing, and leaves the kernel to answer its knock ports as it answers any
 # closed port; knockd's TCP knock client (or knockknock's) opens it.
 if [ "$(id -u)" -eq 0 ]; then
-  c1=7000 c2=9000 c3=8000 unused=7500 cservice=8081
   step "Capture mode (root): a second server, knock ports $c1/tcp, $c2/udp, $c3/tcp, service on $cservice"
   "$work/knockknock" --capture --door "ssh=$c1:tcp,$c2:udp,$c3:tcp" --hook-arg "port=$cservice" >"$work/capture.log" 2>&1 &
   capture_pid=$!

@@ -46,25 +46,92 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// settled is how long after a knock the failure it caused is surely final and reported: a failure
+// becomes final once the knocks behind it are older than the tracker's reorderWindow, at the
+// janitor's next sweep (every 250 ms); then the hook queue and the log flush (logFlushInterval)
+// take a moment more.
+const settled = time.Duration(reorderWindow) + 250*time.Millisecond + logFlushInterval + 200*time.Millisecond
+
 // proc is a knockknock server process.
 type proc struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *procOutput // its stdout and stderr
 	done   chan struct{}
 }
 
+// procOutput is where a process writes its output: a file, so that a write is there to read as
+// soon as it returns. (With a pipe, a copying goroutine could still hold what the server logged
+// before it said it was ready.)
+type procOutput struct{ f *os.File }
+
+func newProcOutput(t *testing.T) *procOutput {
+	t.Helper()
+	// O_APPEND: a server's children (and a shell's) write to it too.
+	f, err := os.OpenFile(filepath.Join(t.TempDir(), "output"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return &procOutput{f}
+}
+
+// String is everything written so far.
+func (o *procOutput) String() string {
+	b, _ := os.ReadFile(o.f.Name())
+	return string(b)
+}
+
+// startServer starts knockknock with args and returns once it is ready (see startReady).
 func startServer(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := launch(t, exec.Command(binPath, args...))
-	deadline := time.After(30 * time.Second)
-	for !strings.Contains(p.stderr.String(), "msg=listening") && !strings.Contains(p.stderr.String(), `"msg":"listening"`) {
-		select {
-		case <-p.done:
-			t.Fatalf("server exited with %v before listening:\n%s", p.cmd.ProcessState, p.stderr.String())
-		case <-deadline:
-			t.Fatalf("server not listening after 30s:\n%s", p.stderr.String())
-		case <-time.After(10 * time.Millisecond):
+	return startReady(t, exec.Command(binPath, args...))
+}
+
+// startReady starts a knockknock server through cmd (the binary, or ip netns exec running it) and
+// returns once the server says it is ready. Readiness is not read from the log: the server
+// sends READY=1 to the datagram socket named by NOTIFY_SOCKET (as for systemd's Type=notify)
+// once its knock sources are open, its hook's on_start has returned and its "listening" line is
+// written, whatever the log format. A pathname socket works through ip netns exec too.
+func startReady(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "kk-ready-") // short: a socket path has at most 107 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	cmd.Env = append(cmd.Environ(), "NOTIFY_SOCKET="+sock)
+	p := launch(t, cmd)
+	ready := make(chan error, 1)
+	go func() {
+		conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				ready <- err
+				return
+			}
+			for _, line := range strings.Split(string(buf[:n]), "\n") {
+				if line == "READY=1" {
+					ready <- nil
+					return
+				}
+			}
 		}
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			t.Fatalf("server not ready after 30s (%v):\n%s", err, p.stderr.String())
+		}
+	case <-p.done:
+		t.Fatalf("server exited with %v before it was ready:\n%s", p.cmd.ProcessState, p.stderr.String())
 	}
 	return p
 }
@@ -72,8 +139,8 @@ func startServer(t *testing.T, args ...string) *proc {
 // launch starts cmd with its output captured, and kills it when the test ends.
 func launch(t *testing.T, cmd *exec.Cmd) *proc {
 	t.Helper()
-	p := &proc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stderr, cmd.Stdout = p.stderr, p.stderr
+	p := &proc{cmd: cmd, stderr: newProcOutput(t), done: make(chan struct{})}
+	cmd.Stderr, cmd.Stdout = p.stderr.f, p.stderr.f
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -667,7 +734,7 @@ func TestE2EZeroGapBurstAllUnlock(t *testing.T) {
 			}
 		}
 	}
-	time.Sleep(1500 * time.Millisecond) // failures settle after the reorder window
+	time.Sleep(settled) // failures settle after the reorder window
 	p.stop(t)
 	var stopped struct {
 		Unlocks uint64 `json:"unlocks"`

@@ -48,24 +48,73 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// freePort returns a port that was free for both UDP and TCP a moment ago.
-func freePort(t *testing.T) uint16 {
+// freePort returns a port for a server under test, free for UDP and TCP, IPv4 and IPv6, and
+// never returned twice in one test run.
+//
+// A port the kernel picked (bind to port 0) and the test then closed is a bad choice: the kernel
+// may hand it to any other socket, a connect's or a bind's, before the server binds it. So the
+// ports come from below the kernel's ephemeral range (net.ipv4.ip_local_port_range), which the
+// kernel never picks by itself: only a process that asks for that very number can take it. In
+// this process a counter under a lock hands each port out once, so tests never collide; the
+// counter starts at an offset drawn from the process id, so that test runs side by side (in
+// other checkouts, or -race beside a plain run) use different ports; and each port is checked
+// free (bound and released, UDP and TCP, dual-stack) before it is handed out.
+func freePort(t testing.TB) uint16 {
 	t.Helper()
-	for range 50 {
-		u, err := net.ListenUDP("udp", &net.UDPAddr{})
-		if err != nil {
-			t.Fatal(err)
+	testPorts.Lock()
+	defer testPorts.Unlock()
+	if testPorts.hi == 0 {
+		testPorts.lo, testPorts.hi = testPortRange()
+		if testPorts.hi-testPorts.lo < 1024 {
+			t.Fatalf("no room for test ports around the ephemeral range (ports %d-%d)", testPorts.lo, testPorts.hi-1)
 		}
-		port := u.LocalAddr().(*net.UDPAddr).Port
-		tcp, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
-		u.Close()
-		if err == nil {
-			tcp.Close()
+		testPorts.next = testPorts.lo + os.Getpid()*97%(testPorts.hi-testPorts.lo)
+	}
+	for range testPorts.hi - testPorts.lo {
+		port := testPorts.next
+		if testPorts.next++; testPorts.next == testPorts.hi {
+			testPorts.next = testPorts.lo
+		}
+		if portFreeBoth(uint16(port)) {
 			return uint16(port)
 		}
 	}
-	t.Fatal("no free port")
+	t.Fatalf("no free port in %d-%d", testPorts.lo, testPorts.hi-1)
 	return 0
+}
+
+var testPorts struct {
+	sync.Mutex
+	lo, hi, next int // ports lo to hi-1; next is the next to try
+}
+
+// testPortRange is where freePort takes its ports: the larger of the two gaps around the
+// kernel's ephemeral range, from 16384 (below that: well-known ports, and the demo's 10123 to
+// 10789) to its start, or from its end to 65535.
+func testPortRange() (lo, hi int) {
+	first, last := 32768, 60999 // Linux's default
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		fmt.Sscan(string(b), &first, &last)
+	}
+	if first-16384 >= 65535-last {
+		return 16384, first
+	}
+	return last + 1, 65536
+}
+
+// portFreeBoth reports whether port can be bound for UDP and for TCP, on every address.
+func portFreeBoth(port uint16) bool {
+	u, err := net.ListenUDP("udp", &net.UDPAddr{Port: int(port)})
+	if err != nil {
+		return false
+	}
+	defer u.Close()
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{Port: int(port)})
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
 }
 
 // luaServer is a server in this process with a hook made from src; its runtime is not started,

@@ -7308,6 +7308,8 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, lw *logWrite
 	}
 	log.Info("listening", "event", "start", "mode", mode, "doors", strings.Join(doors, " "), "decoys", orNone(formatSpecs(cfg.decoys)),
 		"hook", cfg.hookName, "knocks", knocks, "listen", listenOrAll(cfg.listen))
+	lw.Flush()
+	notifyReady(log)
 	for sig := range signals {
 		if sig != syscall.SIGHUP {
 			log.Info("shutting down", "event", "stop", "signal", sig.String())
@@ -7331,6 +7333,24 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, lw *logWrite
 		"hook_latency_p99", s.hooks.latency.quantile(0.99).String()}
 	log.Info("stopped", append(attrs, append([]any{"dropped"}, slog.GroupValue(dropAttrs(s.intake)...))...)...)
 	return exitOK
+}
+
+// notifyReady tells a supervisor that the server is up: the knock sources are open, the hook's
+// on_start has returned, and the "listening" line is written. With NOTIFY_SOCKET set (systemd's
+// Type=notify, and the tests), it sends READY=1 to that datagram socket, as sd_notify does.
+func notifyReady(log *slog.Logger) {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err == nil {
+		_, err = c.Write([]byte("READY=1"))
+		c.Close()
+	}
+	if err != nil {
+		log.Warn("cannot notify NOTIFY_SOCKET that the server is ready", "event", "start", "err", err)
+	}
 }
 
 // dropAttrs are the intake's drop counters as log attributes.

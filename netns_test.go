@@ -125,22 +125,20 @@ func (n netnsPair) connectsFrom(t *testing.T, from, addr string) bool {
 	return err == nil && strings.Contains(string(out), "Hello")
 }
 
-// startIn starts a knockknock server through cmd (an ip netns exec command line) and waits for
-// ready in its log.
-func startIn(t *testing.T, cmd *exec.Cmd, ready string) *proc {
+// startIn starts a knockknock server through cmd (an ip netns exec command line), waits until it
+// is ready (startReady), and checks that its hook reported no error and that the log has each of
+// logged: what the hook's on_start logs, which is written before the server is ready.
+func startIn(t *testing.T, cmd *exec.Cmd, logged ...string) *proc {
 	t.Helper()
-	p := launch(t, cmd)
-	waitFor(t, ready, func() bool {
-		select {
-		case <-p.done:
-			t.Fatalf("server exited: %s", p.stderr.String())
-		default:
+	p := startReady(t, cmd)
+	if strings.Contains(p.stderr.String(), "hook_error") {
+		t.Fatalf("hook failed: %s", p.stderr.String())
+	}
+	for _, want := range logged {
+		if !strings.Contains(p.stderr.String(), want) {
+			t.Fatalf("ready, but the log does not say %q:\n%s", want, p.stderr.String())
 		}
-		if strings.Contains(p.stderr.String(), "hook_error") {
-			t.Fatalf("hook failed: %s", p.stderr.String())
-		}
-		return strings.Contains(p.stderr.String(), ready)
-	})
+	}
 	return p
 }
 
