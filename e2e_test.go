@@ -374,6 +374,7 @@ func TestE2EBadInputExits2WithOneLine(t *testing.T) {
 	os.Chmod(short, 0o600)
 	weak := write("weak.secret", "aaaaaaaaaaaaaaaaaaaaaaaaaaaa\n")
 	os.Chmod(weak, 0o600)
+	noDoors := write("nodoors.conf", "[options]\n  UseSyslog\n")
 	badKeys := write("keys", "alice 0123456789abcdef0123456789abcdef\nbob\n")
 	os.Chmod(badKeys, 0o600)
 	cases := []struct {
@@ -391,6 +392,8 @@ func TestE2EBadInputExits2WithOneLine(t *testing.T) {
 		{[]string{"--door", "a=1 bogus=2"}, "unknown field"},
 		{[]string{"--knockd-config", "testdata/knockd-bad-unknown-key.conf"}, "line"},
 		{[]string{"--knockd-config", filepath.Join(dir, "none.conf")}, "none.conf"},
+		{[]string{"--knockd-config", noDoors}, "no doors"},
+		{[]string{"--knockd-config", "/dev/null"}, "regular file"},
 		{[]string{"--secret-file", weak}, "entropy"},
 		{[]string{"--secret-file", "/dev/null"}, "regular file"},
 		{[]string{"--keys", badKeys}, "line 2"},

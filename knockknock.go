@@ -598,6 +598,9 @@ func (c *config) buildDoors(o *globalOptions, timeout time.Duration) error {
 		if err != nil {
 			return usagef("knockd config %s: %v", o.KnockdConfig, err)
 		}
+		if len(kc.doors) == 0 {
+			return usagef("knockd config %s: no doors: add a section such as [openSSH] with a sequence", o.KnockdConfig)
+		}
 		c.knockd, c.knockdPath, c.capture = kc, o.KnockdConfig, true
 		for _, d := range kc.doors {
 			if d.oneTime != "" {
