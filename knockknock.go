@@ -22,6 +22,7 @@ package main
 import (
 	"bytes"
 	"cmp"
+	"container/heap"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -4670,10 +4671,41 @@ type luaHook struct {
 
 // afterCall is a knock.after callback waiting for its time. Its timer hands it to the runtime.
 type afterCall struct {
-	hook  *luaHook // the hook fn belongs to: a reload does not orphan a pending callback
-	fn    *lua.LFunction
-	due   time.Time
-	timer *time.Timer
+	hook     *luaHook // the hook fn belongs to: a reload does not orphan a pending callback
+	fn       *lua.LFunction
+	due      time.Time
+	timer    *time.Timer
+	index    int  // in the runtime's afterHeap; -1 once out of it
+	inFlight bool // taken out to run early after its timer had fired: a copy is on its way
+}
+
+// maxPendingAfters bounds the knock.after callbacks pending at once, over every hook: a hook
+// that schedules one per unlock must not grow without bound under a flood of (spoofed, plain)
+// unlocks. When it is reached, the callback due soonest runs now: it is what closes a grant
+// later, so the bound fails closed (the door shuts early), never open.
+const maxPendingAfters = 1 << 16
+
+// afterHeap is the pending knock.after callbacks, the one due soonest first.
+type afterHeap []*afterCall
+
+func (q afterHeap) Len() int           { return len(q) }
+func (q afterHeap) Less(i, j int) bool { return q[i].due.Before(q[j].due) }
+func (q afterHeap) Swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].index, q[j].index = i, j
+}
+func (q *afterHeap) Push(x any) {
+	a := x.(*afterCall)
+	a.index = len(*q)
+	*q = append(*q, a)
+}
+func (q *afterHeap) Pop() any {
+	old := *q
+	a := old[len(old)-1]
+	old[len(old)-1] = nil
+	*q = old[:len(old)-1]
+	a.index = -1
+	return a
 }
 
 // effects are what the knock module does to the world: knock ports, services, grants, programs
@@ -4766,6 +4798,11 @@ type hookRuntime struct {
 	stopping   bool       // shutdown has begun: knock.after schedules nothing more
 	queue      *eventQueue
 	afters     chan *afterCall
+	pending    afterHeap    // every hook's pending knock.after callbacks, at most maxAfters
+	maxAfters  int          // maxPendingAfters; smaller in tests
+	overdue    []*afterCall // taken out of pending to make room: they run next
+	earlyRuns  int          // how many ran early to make room since the last log line
+	earlyLog   time.Time    // when that was last logged
 	reloads    chan chan error
 	quit       chan struct{}
 	done       chan struct{}
@@ -4800,14 +4837,15 @@ type luaValues struct {
 func newHookRuntime(cfg *config, log *slog.Logger, proto *lua.FunctionProto, fx effects) *hookRuntime {
 	h := &hookRuntime{
 		cfg: cfg, log: log, fx: fx, proto: proto,
-		queue:   newEventQueue(hookQueueLen, hookQueueLow),
-		afters:  make(chan *afterCall, 1024),
-		reloads: make(chan chan error),
-		quit:    make(chan struct{}),
-		done:    make(chan struct{}),
-		failLog: rateLimit{log: log},
-		batch:   make([]event, 0, batchMax),
-		mac:     newMACScratch(),
+		queue:     newEventQueue(hookQueueLen, hookQueueLow),
+		afters:    make(chan *afterCall, 1024),
+		maxAfters: maxPendingAfters,
+		reloads:   make(chan chan error),
+		quit:      make(chan struct{}),
+		done:      make(chan struct{}),
+		failLog:   rateLimit{log: log},
+		batch:     make([]event, 0, batchMax),
+		mac:       newMACScratch(),
 	}
 	v := &h.values
 	v.ports = make([]lua.LValue, 65536)
@@ -5061,6 +5099,7 @@ func (h *hookRuntime) run(hook *luaHook) {
 		if len(h.batch) > 0 {
 			h.handleBatch()
 		}
+		h.runOverdue()
 		if h.wait(len(h.batch) == 0) {
 			return
 		}
@@ -5164,12 +5203,17 @@ func (h *hookRuntime) runEarly() {
 	inFlight := map[*afterCall]bool{}
 	for _, hook := range append(slices.Clone(h.retired), h.hook) {
 		for a := range hook.afters {
-			if !a.timer.Stop() {
+			if a.index < 0 { // overdue: its timer was stopped when it was taken out
+				if a.inFlight {
+					inFlight[a] = true
+				}
+			} else if !a.timer.Stop() {
 				inFlight[a] = true // its timer fired: it is on its way to h.afters
 			}
 			early = append(early, a)
 		}
 	}
+	h.overdue = h.overdue[:0]
 	for len(inFlight) > 0 {
 		delete(inFlight, <-h.afters)
 	}
@@ -5189,8 +5233,26 @@ func (h *hookRuntime) runAfter(a *afterCall) {
 		return
 	}
 	delete(a.hook.afters, a)
+	if a.index >= 0 {
+		heap.Remove(&h.pending, a.index)
+	}
 	h.call("knock.after callback", a.hook, a.fn)
 	h.release(a.hook)
+}
+
+// runOverdue runs the callbacks taken out of pending to make room, and logs, at most once a
+// second, how many ran early.
+func (h *hookRuntime) runOverdue() {
+	for len(h.overdue) > 0 {
+		a := h.overdue[0]
+		h.overdue = h.overdue[1:]
+		h.runAfter(a)
+	}
+	if h.earlyRuns > 0 && time.Since(h.earlyLog) >= time.Second {
+		h.log.Warn("knock.after: too many callbacks pending; those due soonest ran early", "event", "overload",
+			"count", h.earlyRuns, "max_pending", h.maxAfters)
+		h.earlyRuns, h.earlyLog = 0, time.Now()
+	}
 }
 
 func (h *hookRuntime) stop() {
@@ -5236,6 +5298,9 @@ func (h *hookRuntime) release(hook *luaHook) {
 func (h *hookRuntime) discard(hook *luaHook, why string) {
 	for a := range hook.afters {
 		a.timer.Stop() // one that fired already is dropped when it arrives
+		if a.index >= 0 {
+			heap.Remove(&h.pending, a.index)
+		}
 		if why != "" {
 			h.log.Warn("knock.after callback dropped: "+why, "event", "hook_error", "due_in", time.Until(a.due).Round(time.Millisecond).String())
 		}
@@ -5946,8 +6011,15 @@ func (h *hookRuntime) luaAfter(hook *luaHook, L *lua.LState) int {
 		return 0
 	}
 	d := time.Duration(secs * float64(time.Second))
+	if len(h.pending) >= h.maxAfters {
+		soonest := heap.Pop(&h.pending).(*afterCall)
+		soonest.inFlight = !soonest.timer.Stop()
+		h.overdue = append(h.overdue, soonest)
+		h.earlyRuns++
+	}
 	a := &afterCall{hook: hook, fn: fn, due: time.Now().Add(d)}
 	hook.afters[a] = true
+	heap.Push(&h.pending, a)
 	a.timer = time.AfterFunc(d, func() {
 		select {
 		case h.afters <- a:

@@ -418,3 +418,57 @@ func TestE2EReloadKeepsTheAllowClientService(t *testing.T) {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
 }
+
+// Pending knock.after callbacks are bounded: past the bound, the one due soonest runs at once
+// (it closes what an unlock opened, so the door shuts early rather than staying open), and the
+// runtime holds no more than the bound.
+func TestKnockAfterPendingIsBounded(t *testing.T) {
+	h, hook, fx, logs := recordingRuntime(t, `
+function on_unlock(ev)
+  knock.after(tonumber(ev.door == "default" and 1000 - ev.port or 0), function() knock.revoke(ev.ip) end)
+end
+`)
+	h.installHook(hook, false)
+	h.maxAfters = 4
+	// Unlock i schedules a callback due in 1000-port seconds: ports 10, 30, 20, 50, 40, 60, 5.
+	ports := []uint16{10, 30, 20, 50, 40, 60, 5}
+	var want []string
+	type pend struct {
+		due uint16
+		ip  string
+	}
+	var model []pend // what should be pending, by hand: the soonest due (largest port) runs first
+	for i, p := range ports {
+		ip := fmt.Sprintf("192.0.2.%d", i+1)
+		if len(model) == 4 {
+			j := 0
+			for k := range model {
+				if model[k].due < model[j].due {
+					j = k
+				}
+			}
+			want = append(want, "revoke "+model[j].ip)
+			model = slices.Delete(model, j, j+1)
+		}
+		model = append(model, pend{1000 - p, ip})
+		h.dispatch(&event{kind: eventUnlock, from: key(ip), port: up(p)})
+		h.runOverdue()
+		if len(h.pending) > 4 {
+			t.Fatalf("%d callbacks pending, the bound is 4", len(h.pending))
+		}
+	}
+	if got := fx.recorded(); !slices.Equal(got, want) {
+		t.Fatalf("ran early %q, want %q", got, want)
+	}
+	h.earlyLog = time.Time{}
+	h.runOverdue()
+	// The first early run is logged at once, the next two a second later (here: now) together.
+	if !strings.Contains(logs.String(), `msg="knock.after: too many callbacks pending; those due soonest ran early" event=overload count=2 max_pending=4`) {
+		t.Errorf("no overload line:\n%s", logs)
+	}
+	h.runEarly() // shutdown: the four still pending run, soonest first, none twice
+	if got := fx.recorded(); len(got) != len(ports) {
+		t.Fatalf("after shutdown %d callbacks ran, want %d: %q", len(got), len(ports), got)
+	}
+	h.closeAll()
+}
