@@ -4792,7 +4792,8 @@ type hookRuntime struct {
 	fx         effects
 	tracker    *tracker // for keys, one-time sequences and wantKnock; nil for check
 	proto      *lua.FunctionProto
-	topLevel   bool // a hook's top level is running (load)
+	topLevel   bool             // a hook's top level is running (load)
+	exit       func(why string) // ends the process when a call is stuck (see stuck); set by main
 	hook       *luaHook
 	retired    []*luaHook // replaced by a reload, kept until their pending callbacks have run
 	stopping   bool       // shutdown has begun: knock.after schedules nothing more
@@ -4882,7 +4883,7 @@ func compileHook(name string, src []byte) (*lua.FunctionProto, error) {
 // door name (with "*" for the doors it does not name). Every door needs an on_unlock.
 func (h *hookRuntime) load(proto *lua.FunctionProto) (*luaHook, error) {
 	L := lua.NewState(lua.Options{RegistryMaxSize: 1 << 22})
-	hook := &luaHook{L: L, timer: newCallTimer(), afters: map[*afterCall]bool{}}
+	hook := &luaHook{L: L, timer: newCallTimer(h.stuck), afters: map[*afterCall]bool{}}
 	h.installModule(hook)
 	err := h.protect(hook, func() error {
 		L.Push(L.NewFunctionFromProto(proto))
@@ -4992,16 +4993,24 @@ func doorNames(doors []door) string {
 // until a call times out, and one timer that stays armed while calls follow each other, so a
 // call costs it two atomic stores.
 type callTimer struct {
-	mu       sync.Mutex
-	ctx      context.Context
-	cancel   context.CancelFunc
-	deadline atomic.Int64 // of the call running now (unix ns); 0 when none
-	armed    bool
-	timer    *time.Timer
+	mu        sync.Mutex
+	ctx       context.Context
+	cancel    context.CancelFunc
+	deadline  atomic.Int64 // of the call running now (unix ns); 0 when none
+	cancelled int64        // the deadline of a call cancelled that has not returned yet
+	armed     bool
+	timer     *time.Timer
+	stuck     func() // a cancelled call has not returned stuckGrace later
 }
 
-func newCallTimer() *callTimer {
-	t := &callTimer{}
+// stuckGrace is how long a cancelled hook call has to return. gopher-lua checks for
+// cancellation between instructions, so a call stuck inside one built-in (a pathological
+// string.find, say) cannot be stopped: past the grace the runtime gives up on it (see
+// hookRuntime.stuck).
+const stuckGrace = 5 * time.Second
+
+func newCallTimer(stuck func()) *callTimer {
+	t := &callTimer{stuck: stuck}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	t.timer = time.AfterFunc(time.Hour, t.expire)
 	t.timer.Stop()
@@ -5030,16 +5039,23 @@ func (t *callTimer) end() { t.deadline.Store(0) }
 // or, with no call running, disarms.
 func (t *callTimer) expire() {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	d := t.deadline.Load()
+	stuck := false
 	switch now := time.Now().UnixNano(); {
 	case d == 0:
-		t.armed = false
+		t.armed, t.cancelled = false, 0
+	case d == t.cancelled: // cancelled stuckGrace ago, and still running
+		t.armed, stuck = false, true
 	case now >= d:
 		t.cancel()
-		t.armed = false
+		t.cancelled = d
+		t.timer.Reset(stuckGrace)
 	default:
 		t.timer.Reset(time.Duration(d - now))
+	}
+	t.mu.Unlock()
+	if stuck && t.stuck != nil {
+		t.stuck()
 	}
 }
 
@@ -5069,6 +5085,19 @@ func (h *hookRuntime) protect(hook *luaHook, fn func() error) (err error) {
 		return errors.New(firstLine(apiErr.Object.String()))
 	}
 	return errors.New(firstLine(err.Error()))
+}
+
+// stuck is called, from a timer, when a hook call has ignored its cancellation for stuckGrace:
+// it is inside one Lua built-in that no context reaches, and the runtime goroutine with it.
+// Nothing else can run the hook, so the process ends (h.exit): a supervisor restarts it, and
+// the fresh on_start closes the door again. Without h.exit (tests) it is only logged.
+func (h *hookRuntime) stuck() {
+	why := fmt.Sprintf("a hook call is stuck inside a Lua built-in: it ignored its cancellation at --hook-timeout (%v) for %v", h.cfg.hookTimeout, stuckGrace)
+	if h.exit != nil {
+		h.exit(why)
+		return
+	}
+	h.log.Error(why, "event", "hook_error")
 }
 
 // runtimePanic marks a state that may be corrupt (gopher-lua #282): it is replaced.
@@ -7083,6 +7112,10 @@ func runServer(cl *commandLine, stdout, stderr io.Writer) int {
 // and warnings on stderr.
 func runCheck(cfg *config, proto *lua.FunctionProto, log *slog.Logger, stdout, stderr io.Writer) int {
 	h := newHookRuntime(cfg, log, proto, &recordingEffects{})
+	h.exit = func(why string) {
+		fmt.Fprintf(stderr, "knockknock: hook %s: %s\n", cfg.hookName, why)
+		os.Exit(2)
+	}
 	hook, err := h.load(proto)
 	if err != nil {
 		return report(err, stdout, stderr)
@@ -7337,6 +7370,11 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, lw *logWrite
 	}
 	procs.adoptOrphans()
 	s := newServer(cfg, log, proto)
+	s.hooks.exit = func(why string) {
+		log.Error(why+"; exiting (a supervisor's restart runs on_start, which closes the door again)", "event", "hook_error")
+		lw.Flush()
+		os.Exit(1)
+	}
 	hook, err := s.hooks.load(proto)
 	if err != nil {
 		return fail(err)

@@ -472,3 +472,36 @@ end
 	}
 	h.closeAll()
 }
+
+// stuckLua is a call that gopher-lua cannot cancel: one string.find that backtracks for minutes.
+const stuckLua = `string.find(string.rep('a', 30000), string.rep('a?', 30000) .. string.rep('a', 30000))`
+
+// A hook call stuck inside a Lua built-in ignores its cancellation; stuckGrace after the hook
+// timeout the server exits 1 saying so (it does not hang, not even on SIGTERM), and check exits
+// 2 with one line.
+func TestE2EStuckHookCallEndsTheProcess(t *testing.T) {
+	hook := filepath.Join(t.TempDir(), "stuck.lua")
+	os.WriteFile(hook, []byte("function on_unlock(ev) "+stuckLua+" end\n"), 0o644)
+	ports := []uint16{freePort(t), freePort(t), freePort(t)}
+	p := startServer(t, "-p", portList(ports), "--hook", hook, "--hook-timeout", "1s")
+	knockWith(t, "-p", portList(ports), "127.0.0.1")
+	waitFor(t, "the unlock", func() bool { return strings.Contains(p.stderr.String(), "msg=unlock") })
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(stuckGrace + 5*time.Second):
+		t.Fatalf("the server still runs %v after a stuck call and SIGTERM:\n%s", stuckGrace+5*time.Second, p.stderr.String())
+	}
+	const want = `level=ERROR msg="a hook call is stuck inside a Lua built-in: it ignored its cancellation at --hook-timeout (1s) for 5s; exiting`
+	if code := p.cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(p.stderr.String(), want) {
+		t.Fatalf("exit %d, want 1 and %s:\n%s", code, want, p.stderr.String())
+	}
+
+	top := filepath.Join(t.TempDir(), "stuck-top.lua")
+	os.WriteFile(top, []byte(stuckLua+"\nfunction on_unlock(ev) end\n"), 0o644)
+	_, stderr, code := runKK(t, "check", "--hook", top, "--hook-timeout", "1s", "-p", portList(ports))
+	wantCheck := fmt.Sprintf("knockknock: hook %s: a hook call is stuck inside a Lua built-in: it ignored its cancellation at --hook-timeout (1s) for 5s\n", top)
+	if code != 2 || stderr != wantCheck {
+		t.Fatalf("check: exit %d, stderr %q; want 2 and %q", code, stderr, wantCheck)
+	}
+}
