@@ -3098,7 +3098,7 @@ func (t *tracker) hello(from netip.AddrPort, local netip.Addr, h *hello, k *user
 		st = s.authOf(i)
 		if st.issued != 0 && !bytes.Equal(st.nonceC[:], h.nonceC) {
 			if h.unixMilli <= st.hello {
-				return dropReplay // an older hello, captured and sent again, must not reset the attempt
+				return dropStaleHello // an older hello, captured and sent again, must not reset the attempt
 			}
 			clear(s.progress(i, len(t.doors)))
 			s.slot(i).npending = 0
@@ -3120,7 +3120,7 @@ func (t *tracker) hello(from netip.AddrPort, local netip.Addr, h *hello, k *user
 		switch {
 		case victim.key == key && victim.state.issued != 0 && bytes.Equal(victim.state.nonceC[:], h.nonceC):
 		case victim.key == key && victim.state.issued != 0 && h.unixMilli <= victim.state.hello:
-			return dropReplay
+			return dropStaleHello
 		default:
 			*victim = challenge{key: key}
 		}
@@ -3443,11 +3443,12 @@ const (
 	dropNoChallenge                // a knock from an address without a challenge for its key
 	dropPosition                   // a position that does not name this port in any door
 	dropReplay                     // a position this attempt has knocked already
+	dropStaleHello                 // a hello no later than the one the address's attempt began with
 	dropBanned                     // from a banned source
 	nDropReasons
 )
 
-var dropNames = [nDropReasons]string{"", "filtered", "unauthenticated", "malformed", "unknown_key", "bad_mac", "clock_skew", "no_challenge", "wrong_position", "replay", "banned"}
+var dropNames = [nDropReasons]string{"", "filtered", "unauthenticated", "malformed", "unknown_key", "bad_mac", "clock_skew", "no_challenge", "wrong_position", "replay", "stale_hello", "banned"}
 
 func (d dropReason) String() string { return dropNames[d] }
 
@@ -3514,7 +3515,8 @@ var rejectHints = [nDropReasons]string{
 	dropSkew:            "the client's clock differs from the server's by more than --max-skew",
 	dropNoChallenge:     "no challenge for this address and key: the hello was lost or expired, the attempt is over, or the knock comes from another address than its hello",
 	dropPosition:        "the token names a position that is not this port in any door: the client knocks another sequence",
-	dropReplay:          "this hello or position was seen already: a retransmission or a replay",
+	dropReplay:          "this position was knocked already in this attempt: a retransmission or a replay",
+	dropStaleHello:      "a hello no later than the one this address's attempt began with: a replay, or another client behind the same address (a NAT) whose clock is behind; a new attempt can begin once that one ends or is older than --max-skew",
 }
 
 func (r *rejectLog) record(k *knock, why dropReason, payload []byte) {

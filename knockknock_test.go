@@ -808,8 +808,8 @@ func TestHelloOnlyALaterOneRestartsAnAttempt(t *testing.T) {
 	if why := knockAt(0, 1000); why != dropNone {
 		t.Fatal(why)
 	}
-	if why, _ := hello(now.Add(-time.Second), 1); why != dropReplay {
-		t.Fatalf("an older hello sent again: %v, want replay", why)
+	if why, _ := hello(now.Add(-time.Second), 1); why != dropStaleHello {
+		t.Fatalf("an older hello sent again: %v, want stale_hello", why)
 	}
 	if why, again := hello(now, 2); why != dropNone || !bytes.Equal(again, first) {
 		t.Fatalf("a retransmitted hello must get the same challenge: %v", why)
