@@ -7426,6 +7426,16 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, lw *logWrite
 	lw.Flush()
 	notifyReady(log)
 	for sig := range signals {
+		// What arrived during the last reload: a stop wins over reloads, and reloads queued
+		// behind one another are one reload.
+		for more := true; more && sig == syscall.SIGHUP; {
+			select {
+			case next := <-signals:
+				sig = next
+			default:
+				more = false
+			}
+		}
 		if sig != syscall.SIGHUP {
 			log.Info("shutting down", "event", "stop", "signal", sig.String())
 			break

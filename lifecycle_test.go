@@ -505,3 +505,28 @@ func TestE2EStuckHookCallEndsTheProcess(t *testing.T) {
 		t.Fatalf("check: exit %d, stderr %q; want 2 and %q", code, stderr, wantCheck)
 	}
 }
+
+// Signals queued behind a slow reload: a SIGTERM wins over the SIGHUPs before it, which are
+// not run one after another.
+func TestE2ESIGTERMDoesNotWaitForQueuedReloads(t *testing.T) {
+	hook := filepath.Join(t.TempDir(), "slow.lua")
+	os.WriteFile(hook, []byte(`
+function on_start(reason)
+  if reason == "reload" then os.execute("sleep 1") end
+end
+function on_unlock(ev) end
+`), 0o644)
+	ports := []uint16{freePort(t), freePort(t), freePort(t)}
+	p := startServer(t, "-p", portList(ports), "--hook", hook)
+	for range 3 {
+		p.cmd.Process.Signal(syscall.SIGHUP)
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(250 * time.Millisecond)
+	if code := p.stopWith(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if n := strings.Count(p.stderr.String(), `msg="hook reloaded"`); n != 1 {
+		t.Fatalf("%d reloads ran, want the one under way when SIGTERM came:\n%s", n, p.stderr.String())
+	}
+}
