@@ -541,3 +541,15 @@ func FuzzOneTimeSequences(f *testing.F) {
 		}
 	})
 }
+
+// check reads knockd.conf's Interface as serve does: one that does not exist is a warning that
+// says serve would exit 1 (check may run where the interface is not up yet).
+func TestCheckWarnsOfAMissingKnockdInterface(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "knockd.conf")
+	os.WriteFile(conf, []byte("[options]\n  Interface = nonexist0\n[openSSH]\n  sequence = 7000,9000,8000\n  command = /bin/true\n"), 0o644)
+	_, stderr, code := runKK(t, "check", "--knockd-config", conf)
+	const want = "knockknock: warning: knockd config [options] Interface: interface nonexist0: "
+	if code != 0 || !strings.Contains(stderr, want) || !strings.Contains(stderr, "serve would exit 1\n") {
+		t.Fatalf("exit %d, stderr:\n%s\nwant a line starting %q", code, stderr, want)
+	}
+}

@@ -7180,6 +7180,11 @@ func runCheck(cfg *config, proto *lua.FunctionProto, log *slog.Logger, stdout, s
 		}
 	}
 	warnings = append(warnings, privilegeWarnings(cfg, effectiveCaps, unprivilegedPortStart())...)
+	if cfg.knockd != nil && cfg.knockd.iface != "" && len(cfg.listen) == 0 {
+		if _, err := interfaceAddrs(cfg.knockd.iface); err != nil {
+			warnings = append(warnings, fmt.Sprintf("knockd config [options] Interface: %v: serve would exit 1", err))
+		}
+	}
 	for _, msg := range warnings {
 		fmt.Fprintf(stderr, "knockknock: warning: %s\n", msg)
 	}
