@@ -6140,6 +6140,8 @@ type serviceSpec struct {
 type service struct {
 	spec    serviceSpec
 	http    *http.Server
+	tcp     net.Listener  // http's listener, closed by close itself
+	served  chan struct{} // closed when http's Serve has returned
 	udp     *net.UDPConn
 	udpErrs errorLog // the UDP goroutine's
 }
@@ -6203,8 +6205,10 @@ func (s *server) openService(spec serviceSpec) (*service, error) {
 		}
 		limited := newLimitListener(ln, allow)
 		svc.http.ConnState = limited.connState
+		svc.tcp, svc.served = ln, make(chan struct{})
 		go func() {
-			if err := svc.http.Serve(limited); !errors.Is(err, http.ErrServerClosed) {
+			defer close(svc.served)
+			if err := svc.http.Serve(limited); !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				s.log.Error("service stopped accepting TCP connections", "event", "hook_error", "port", spec.port, "err", err.Error())
 			}
 		}()
@@ -6216,9 +6220,7 @@ func (s *server) openService(spec serviceSpec) (*service, error) {
 			conn, err = net.ListenUDP("udp", addr)
 		}
 		if err != nil {
-			if svc.http != nil {
-				svc.http.Close()
-			}
+			svc.close()
 			return nil, bindError("UDP", spec.port, err)
 		}
 		svc.udp = conn
@@ -6257,9 +6259,14 @@ func (s *server) stopServices() {
 	}
 }
 
+// close closes the service's sockets and returns once they are closed and the TCP Serve has
+// returned, so that the port can be bound again at once. It closes the listener itself: Serve
+// may not have taken it yet (http.Server.Close closes only the listeners Serve has taken).
 func (svc *service) close() {
 	if svc.http != nil {
 		svc.http.Close()
+		svc.tcp.Close()
+		<-svc.served
 	}
 	if svc.udp != nil {
 		svc.udp.Close()
