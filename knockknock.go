@@ -6335,9 +6335,11 @@ func (e *errorLog) error(now time.Time, msg string, args ...any) {
 
 // limitListener bounds the service's connections, in all and per source prefix (an IPv4 /24,
 // an IPv6 /64), and in allow mode resets those from addresses knock.allow has not granted. When
-// a bound is reached, a newcomer takes the place of the longest-idle connection (one between
-// requests, or one that has sent nothing for a second), so that a flood of idle connections
-// cannot lock others out; only when every connection is busy is the newcomer reset.
+// a bound is reached, a newcomer takes the place of the longest-idle connection, so that a flood
+// of idle connections cannot lock others out; only when every connection is busy is the
+// newcomer reset. For its prefix's bound, idle is one between requests or one that has sent
+// nothing yet; for the total, one between requests or one that has sent nothing for a second, so
+// that a flood from elsewhere cannot push out a client between its connect and its request.
 type limitListener struct {
 	net.Listener
 	allow    *allowList // nil: everyone
@@ -6410,7 +6412,7 @@ func (l *limitListener) closeIdle(group [8]byte, sameGroup bool) bool {
 	var victim *limitedConn
 	now := time.Now()
 	for c := range l.conns {
-		idle := c.state == http.StateIdle || c.state == http.StateNew && now.Sub(c.since) > time.Second
+		idle := c.state == http.StateIdle || c.state == http.StateNew && (sameGroup || now.Sub(c.since) > time.Second)
 		if idle && (!sameGroup || c.group == group) && (victim == nil || c.since.Before(victim.since)) {
 			victim = c
 		}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -132,5 +133,56 @@ func TestServeChangesEverySetting(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// A source prefix's connection limit behaves like the total: a newcomer from a full prefix takes
+// the place of that prefix's longest-idle connection, so that idle connections from one address
+// (a NAT, say) cannot lock out the rest of it. Idle there is between requests, or silent from
+// the start: a newcomer right after 8 silent connections is served.
+func TestServicePerPrefixLimitMakesRoom(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		req  bool // make one keep-alive request, then stay silent
+	}{{"silent", false}, {"kept alive", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			port := freePort(t)
+			s := mustLuaServer(t, unlockStub+fmt.Sprintf(`assert(knock.serve{port=%d, proto="tcp"})`, port), nil)
+			var idle []net.Conn
+			for range serviceMaxPerClient {
+				conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				if tc.req {
+					fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+					resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					io.ReadAll(resp.Body)
+					resp.Body.Close()
+				}
+				idle = append(idle, conn)
+			}
+			// The server accepts in order: these 8 before the GET's connection.
+			if body, err := getFrom("127.0.0.1", port); err != nil || body != "Hello 127.0.0.1: you knocked the right way, the door is open.\n" {
+				t.Fatalf("GET from 127.0.0.1 beside %d idle connections from it: %q, %v\n%s", serviceMaxPerClient, body, err, s.logs)
+			}
+			// One made room: the longest-idle, which for silent ones is the first accepted (a
+			// kept-alive one is idle from when the server has sent its response, an order the
+			// client does not see); the others are still open.
+			var closed []int
+			for i, c := range idle {
+				c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+				if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+					closed = append(closed, i)
+				}
+			}
+			if len(closed) != 1 || !tc.req && closed[0] != 0 {
+				t.Errorf("idle connections closed: %v, want one (the first, if silent)", closed)
+			}
+		})
 	}
 }
