@@ -22,6 +22,7 @@ package main
 import (
 	"bytes"
 	"cmp"
+	"container/heap"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -4255,7 +4256,7 @@ type server struct {
 }
 
 func newServer(cfg *config, log *slog.Logger, proto *lua.FunctionProto) *server {
-	s := &server{cfg: cfg, log: log, services: map[int]*service{}, allow: allowList{until: map[addrKey]int64{}}}
+	s := &server{cfg: cfg, log: log, services: map[int]*service{}, allow: allowList{grants: grantHeap{pos: map[addrKey]int{}}}}
 	s.hooks = newHookRuntime(cfg, log, proto, s)
 	s.tracker = newTracker(cfg, s.hooks.queue.push)
 	s.hooks.tracker = s.tracker
@@ -4406,9 +4407,9 @@ func (s *server) reply(port uint16, to netip.AddrPort, from netip.Addr, payload 
 func (s *server) janitor(stop <-chan struct{}) {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	var reportedShed, reportedEvictions, reportedRefusals uint64
+	var reportedShed, reportedEvictions, reportedRefusals, reportedGrants uint64
 	var reportedDrops [nDropReasons]uint64
-	lastDropLog, lastRefusalLog := time.Time{}, time.Time{}
+	lastDropLog, lastRefusalLog, lastGrantsLog := time.Time{}, time.Time{}, time.Time{}
 	for {
 		select {
 		case <-stop:
@@ -4428,6 +4429,10 @@ func (s *server) janitor(stop <-chan struct{}) {
 			if r := s.tracker.refused.Load(); r != reportedRefusals && now.Sub(lastRefusalLog) >= time.Second {
 				s.log.Warn("client table full: knocks from new clients refused", "event", "overload", "refused", r-reportedRefusals, "max_clients", s.cfg.maxClients)
 				reportedRefusals, lastRefusalLog = r, now
+			}
+			if g := s.allow.evicted.Load(); g != reportedGrants && now.Sub(lastGrantsLog) >= time.Second {
+				s.log.Warn("grants table full: the grant ending soonest ended early", "event", "overload", "ended", g-reportedGrants, "max_grants", maxGrants)
+				reportedGrants, lastGrantsLog = g, now
 			}
 			if s.cfg.verbose && now.Sub(lastDropLog) >= time.Second {
 				var attrs []any
@@ -6466,40 +6471,103 @@ func reset(conn net.Conn) {
 	conn.Close()
 }
 
-// allowList is the set of clients granted by knock.allow, each until a deadline (unix ns).
+// maxGrants bounds the grants knock.allow keeps: a hook that grants every unlock, plain ones
+// from spoofed sources included, must not grow memory without end.
+const maxGrants = 65536
+
+// allowList is the set of clients granted by knock.allow, each until a deadline (unix ns): at
+// most maxGrants, in a heap by deadline, so that expired grants end in deadline order and, when
+// the table is full, the grant ending soonest (a new one, if it would) ends now: it fails
+// closed. Each grant, renewal or revocation costs O(log n).
 type allowList struct {
-	mu    sync.Mutex
-	until map[addrKey]int64
+	mu      sync.Mutex
+	grants  grantHeap
+	evicted atomic.Uint64 // grants ended early because the table was full
+}
+
+type grantEntry struct {
+	key   addrKey
+	until int64
+}
+
+// grantHeap is a min-heap of grants by deadline (container/heap), with each key's position.
+type grantHeap struct {
+	items []grantEntry
+	pos   map[addrKey]int
+}
+
+func (h *grantHeap) Len() int           { return len(h.items) }
+func (h *grantHeap) Less(i, j int) bool { return h.items[i].until < h.items[j].until }
+func (h *grantHeap) Swap(i, j int) {
+	h.items[i], h.items[j] = h.items[j], h.items[i]
+	h.pos[h.items[i].key], h.pos[h.items[j].key] = i, j
+}
+func (h *grantHeap) Push(x any) {
+	g := x.(grantEntry)
+	h.pos[g.key] = len(h.items)
+	h.items = append(h.items, g)
+}
+func (h *grantHeap) Pop() any {
+	g := h.items[len(h.items)-1]
+	h.items = h.items[:len(h.items)-1]
+	delete(h.pos, g.key)
+	return g
 }
 
 func (s *server) grant(k addrKey, d time.Duration) { s.allow.grant(k, d) }
 func (s *server) revoke(k addrKey)                 { s.allow.revoke(k) }
 
 func (a *allowList) grant(k addrKey, d time.Duration) {
+	now := time.Now().UnixNano()
+	a.add(k, now+int64(d), now)
+}
+
+// add grants k until the deadline; a grant k has already is replaced.
+func (a *allowList) add(k addrKey, until, now int64) {
 	a.mu.Lock()
-	a.until[k] = time.Now().Add(d).UnixNano()
-	a.mu.Unlock()
+	defer a.mu.Unlock()
+	h := &a.grants
+	if i, ok := h.pos[k]; ok {
+		h.items[i].until = until
+		heap.Fix(h, i)
+		return
+	}
+	a.expire(now)
+	if h.Len() >= maxGrants {
+		a.evicted.Add(1)
+		if until <= h.items[0].until {
+			return // the new grant is the one ending soonest
+		}
+		heap.Pop(h)
+	}
+	heap.Push(h, grantEntry{k, until})
 }
 
 func (a *allowList) revoke(k addrKey) {
 	a.mu.Lock()
-	delete(a.until, k)
-	a.mu.Unlock()
+	defer a.mu.Unlock()
+	if i, ok := a.grants.pos[k]; ok {
+		heap.Remove(&a.grants, i)
+	}
 }
 
 func (a *allowList) allowed(k addrKey, now int64) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return now < a.until[k]
+	i, ok := a.grants.pos[k]
+	return ok && now < a.grants.items[i].until
 }
 
 func (a *allowList) sweep(now int64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for k, t := range a.until {
-		if now >= t {
-			delete(a.until, k)
-		}
+	a.expire(now)
+}
+
+// expire ends the grants whose deadline has passed. It holds a.mu.
+func (a *allowList) expire(now int64) {
+	for h := &a.grants; h.Len() > 0 && h.items[0].until <= now; {
+		heap.Pop(h)
 	}
 }
 

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -184,5 +187,81 @@ func TestServicePerPrefixLimitMakesRoom(t *testing.T) {
 				t.Errorf("idle connections closed: %v, want one (the first, if silent)", closed)
 			}
 		})
+	}
+}
+
+// grantKey is the i-th of many distinct client addresses.
+func grantKey(i int) addrKey {
+	return keyOf(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
+}
+
+// The grants table holds at most maxGrants: past that, the grant ending soonest ends now (the
+// new one, if it would), so the table keeps the grants that end last, and each is counted.
+func TestGrantsTableIsCapped(t *testing.T) {
+	var a allowList
+	a.grants.pos = map[addrKey]int{}
+	now := time.Now().UnixNano()
+	const n = maxGrants + 1000
+	rng := rand.New(rand.NewPCG(1, 2))
+	until := make([]int64, n)
+	for i := range n {
+		until[i] = now + int64(time.Minute) + rng.Int64N(int64(time.Hour))
+		a.add(grantKey(i), until[i], now)
+		if l := a.grants.Len(); l > maxGrants || l != len(a.grants.pos) {
+			t.Fatalf("after %d grants: %d in the heap, %d in its index", i+1, l, len(a.grants.pos))
+		}
+	}
+	if l := a.grants.Len(); l != maxGrants {
+		t.Fatalf("%d grants kept, want %d", l, maxGrants)
+	}
+	if e := a.evicted.Load(); e != 1000 {
+		t.Fatalf("%d grants counted as ended early, want 1000", e)
+	}
+	// Kept: exactly the maxGrants that end last.
+	sorted := slices.Clone(until)
+	slices.Sort(sorted)
+	cut := sorted[n-maxGrants] // the soonest deadline kept
+	for i := range n {
+		if kept, want := a.allowed(grantKey(i), now), until[i] >= cut; kept != want {
+			t.Fatalf("grant %d ending %v after the first: kept %v, want %v", i, time.Duration(until[i]-sorted[0]), kept, want)
+		}
+	}
+	// A renewal replaces a grant: nothing grows, nothing is counted.
+	a.add(grantKey(n-1), now+int64(2*time.Hour), now)
+	if a.grants.Len() != maxGrants || a.evicted.Load() != 1000 || !a.allowed(grantKey(n-1), now) {
+		t.Fatalf("a renewal: %d grants, %d ended early", a.grants.Len(), a.evicted.Load())
+	}
+	// Expired grants make room first, without counting; revoked ones are gone at once.
+	later := now + int64(time.Minute) + int64(30*time.Minute)
+	a.add(grantKey(n), later+int64(time.Hour), later)
+	if a.evicted.Load() != 1000 || a.grants.Len() >= maxGrants || !a.allowed(grantKey(n), later) {
+		t.Fatalf("after the earliest expired: %d grants, %d ended early", a.grants.Len(), a.evicted.Load())
+	}
+	a.revoke(grantKey(n))
+	if a.allowed(grantKey(n), later) {
+		t.Fatal("a revoked grant still allows")
+	}
+	a.sweep(now + int64(3*time.Hour))
+	if a.grants.Len() != 0 || len(a.grants.pos) != 0 {
+		t.Fatalf("%d grants (%d indexed) left after every deadline passed", a.grants.Len(), len(a.grants.pos))
+	}
+}
+
+// A hook that fills the grants table through knock.allow: the grants ended early are logged, at
+// most once a second, with their count.
+func TestGrantsTableFullIsLogged(t *testing.T) {
+	s := mustLuaServer(t, unlockStub, func(c *config) { c.hookTimeout = time.Minute }) // -race is slow
+	call(t, s, fmt.Sprintf(`for i = 0, %d do knock.allow(string.format("10.%%d.%%d.%%d", math.floor(i / 65536), math.floor(i / 256) %% 256, i %% 256), 3600) end`, maxGrants+99))
+	stop := make(chan struct{})
+	defer close(stop)
+	go s.janitor(stop)
+	waitFor(t, "the log line", func() bool { return strings.Contains(s.logs.String(), "grants table full") })
+	line := logLines(s.logs.String(), "grants table full")
+	want := fmt.Sprintf(`level=WARN msg="grants table full: the grant ending soonest ended early" event=overload ended=100 max_grants=%d`, maxGrants)
+	if len(line) != 1 || !strings.HasSuffix(line[0], want) {
+		t.Fatalf("log: %q, want one line ending %q", line, want)
+	}
+	if !s.allow.allowed(key(fmt.Sprintf("10.1.0.%d", maxGrants+99-65536)), time.Now().UnixNano()) {
+		t.Fatal("the newest grant is not in the table")
 	}
 }
