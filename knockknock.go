@@ -4261,7 +4261,7 @@ type server struct {
 }
 
 func newServer(cfg *config, log *slog.Logger, proto *lua.FunctionProto) *server {
-	s := &server{cfg: cfg, log: log, services: map[int]*service{}, allow: allowList{until: map[addrKey]int64{}}}
+	s := &server{cfg: cfg, log: log, services: map[int]*service{}, allow: allowList{grants: grantHeap{pos: map[addrKey]int{}}}}
 	s.hooks = newHookRuntime(cfg, log, proto, s)
 	s.tracker = newTracker(cfg, s.hooks.queue.push)
 	s.hooks.tracker = s.tracker
@@ -4412,9 +4412,9 @@ func (s *server) reply(port uint16, to netip.AddrPort, from netip.Addr, payload 
 func (s *server) janitor(stop <-chan struct{}) {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	var reportedShed, reportedEvictions, reportedRefusals uint64
+	var reportedShed, reportedEvictions, reportedRefusals, reportedGrants uint64
 	var reportedDrops [nDropReasons]uint64
-	lastDropLog, lastRefusalLog := time.Time{}, time.Time{}
+	lastDropLog, lastRefusalLog, lastGrantsLog := time.Time{}, time.Time{}, time.Time{}
 	for {
 		select {
 		case <-stop:
@@ -4434,6 +4434,10 @@ func (s *server) janitor(stop <-chan struct{}) {
 			if r := s.tracker.refused.Load(); r != reportedRefusals && now.Sub(lastRefusalLog) >= time.Second {
 				s.log.Warn("client table full: knocks from new clients refused", "event", "overload", "refused", r-reportedRefusals, "max_clients", s.cfg.maxClients)
 				reportedRefusals, lastRefusalLog = r, now
+			}
+			if g := s.allow.evicted.Load(); g != reportedGrants && now.Sub(lastGrantsLog) >= time.Second {
+				s.log.Warn("grants table full: the grant ending soonest ended early", "event", "overload", "ended", g-reportedGrants, "max_grants", maxGrants)
+				reportedGrants, lastGrantsLog = g, now
 			}
 			if s.cfg.verbose && now.Sub(lastDropLog) >= time.Second {
 				var attrs []any
@@ -6246,6 +6250,8 @@ type serviceSpec struct {
 type service struct {
 	spec    serviceSpec
 	http    *http.Server
+	tcp     net.Listener  // http's listener, closed by close itself
+	served  chan struct{} // closed when http's Serve has returned
 	udp     *net.UDPConn
 	udpErrs errorLog // the UDP goroutine's
 }
@@ -6309,8 +6315,10 @@ func (s *server) openService(spec serviceSpec) (*service, error) {
 		}
 		limited := newLimitListener(ln, allow)
 		svc.http.ConnState = limited.connState
+		svc.tcp, svc.served = ln, make(chan struct{})
 		go func() {
-			if err := svc.http.Serve(limited); !errors.Is(err, http.ErrServerClosed) {
+			defer close(svc.served)
+			if err := svc.http.Serve(limited); !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				s.log.Error("service stopped accepting TCP connections", "event", "hook_error", "port", spec.port, "err", err.Error())
 			}
 		}()
@@ -6322,9 +6330,7 @@ func (s *server) openService(spec serviceSpec) (*service, error) {
 			conn, err = net.ListenUDP("udp", addr)
 		}
 		if err != nil {
-			if svc.http != nil {
-				svc.http.Close()
-			}
+			svc.close()
 			return nil, bindError("UDP", spec.port, err)
 		}
 		svc.udp = conn
@@ -6363,9 +6369,14 @@ func (s *server) stopServices() {
 	}
 }
 
+// close closes the service's sockets and returns once they are closed and the TCP Serve has
+// returned, so that the port can be bound again at once. It closes the listener itself: Serve
+// may not have taken it yet (http.Server.Close closes only the listeners Serve has taken).
 func (svc *service) close() {
 	if svc.http != nil {
 		svc.http.Close()
+		svc.tcp.Close()
+		<-svc.served
 	}
 	if svc.udp != nil {
 		svc.udp.Close()
@@ -6434,9 +6445,11 @@ func (e *errorLog) error(now time.Time, msg string, args ...any) {
 
 // limitListener bounds the service's connections, in all and per source prefix (an IPv4 /24,
 // an IPv6 /64), and in allow mode resets those from addresses knock.allow has not granted. When
-// a bound is reached, a newcomer takes the place of the longest-idle connection (one between
-// requests, or one that has sent nothing for a second), so that a flood of idle connections
-// cannot lock others out; only when every connection is busy is the newcomer reset.
+// a bound is reached, a newcomer takes the place of the longest-idle connection, so that a flood
+// of idle connections cannot lock others out; only when every connection is busy is the
+// newcomer reset. For its prefix's bound, idle is one between requests or one that has sent
+// nothing yet; for the total, one between requests or one that has sent nothing for a second, so
+// that a flood from elsewhere cannot push out a client between its connect and its request.
 type limitListener struct {
 	net.Listener
 	allow    *allowList // nil: everyone
@@ -6509,7 +6522,7 @@ func (l *limitListener) closeIdle(group [8]byte, sameGroup bool) bool {
 	var victim *limitedConn
 	now := time.Now()
 	for c := range l.conns {
-		idle := c.state == http.StateIdle || c.state == http.StateNew && now.Sub(c.since) > time.Second
+		idle := c.state == http.StateIdle || c.state == http.StateNew && (sameGroup || now.Sub(c.since) > time.Second)
 		if idle && (!sameGroup || c.group == group) && (victim == nil || c.since.Before(victim.since)) {
 			victim = c
 		}
@@ -6563,40 +6576,103 @@ func reset(conn net.Conn) {
 	conn.Close()
 }
 
-// allowList is the set of clients granted by knock.allow, each until a deadline (unix ns).
+// maxGrants bounds the grants knock.allow keeps: a hook that grants every unlock, plain ones
+// from spoofed sources included, must not grow memory without end.
+const maxGrants = 65536
+
+// allowList is the set of clients granted by knock.allow, each until a deadline (unix ns): at
+// most maxGrants, in a heap by deadline, so that expired grants end in deadline order and, when
+// the table is full, the grant ending soonest (a new one, if it would) ends now: it fails
+// closed. Each grant, renewal or revocation costs O(log n).
 type allowList struct {
-	mu    sync.Mutex
-	until map[addrKey]int64
+	mu      sync.Mutex
+	grants  grantHeap
+	evicted atomic.Uint64 // grants ended early because the table was full
+}
+
+type grantEntry struct {
+	key   addrKey
+	until int64
+}
+
+// grantHeap is a min-heap of grants by deadline (container/heap), with each key's position.
+type grantHeap struct {
+	items []grantEntry
+	pos   map[addrKey]int
+}
+
+func (h *grantHeap) Len() int           { return len(h.items) }
+func (h *grantHeap) Less(i, j int) bool { return h.items[i].until < h.items[j].until }
+func (h *grantHeap) Swap(i, j int) {
+	h.items[i], h.items[j] = h.items[j], h.items[i]
+	h.pos[h.items[i].key], h.pos[h.items[j].key] = i, j
+}
+func (h *grantHeap) Push(x any) {
+	g := x.(grantEntry)
+	h.pos[g.key] = len(h.items)
+	h.items = append(h.items, g)
+}
+func (h *grantHeap) Pop() any {
+	g := h.items[len(h.items)-1]
+	h.items = h.items[:len(h.items)-1]
+	delete(h.pos, g.key)
+	return g
 }
 
 func (s *server) grant(k addrKey, d time.Duration) { s.allow.grant(k, d) }
 func (s *server) revoke(k addrKey)                 { s.allow.revoke(k) }
 
 func (a *allowList) grant(k addrKey, d time.Duration) {
+	now := time.Now().UnixNano()
+	a.add(k, now+int64(d), now)
+}
+
+// add grants k until the deadline; a grant k has already is replaced.
+func (a *allowList) add(k addrKey, until, now int64) {
 	a.mu.Lock()
-	a.until[k] = time.Now().Add(d).UnixNano()
-	a.mu.Unlock()
+	defer a.mu.Unlock()
+	h := &a.grants
+	if i, ok := h.pos[k]; ok {
+		h.items[i].until = until
+		heap.Fix(h, i)
+		return
+	}
+	a.expire(now)
+	if h.Len() >= maxGrants {
+		a.evicted.Add(1)
+		if until <= h.items[0].until {
+			return // the new grant is the one ending soonest
+		}
+		heap.Pop(h)
+	}
+	heap.Push(h, grantEntry{k, until})
 }
 
 func (a *allowList) revoke(k addrKey) {
 	a.mu.Lock()
-	delete(a.until, k)
-	a.mu.Unlock()
+	defer a.mu.Unlock()
+	if i, ok := a.grants.pos[k]; ok {
+		heap.Remove(&a.grants, i)
+	}
 }
 
 func (a *allowList) allowed(k addrKey, now int64) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return now < a.until[k]
+	i, ok := a.grants.pos[k]
+	return ok && now < a.grants.items[i].until
 }
 
 func (a *allowList) sweep(now int64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for k, t := range a.until {
-		if now >= t {
-			delete(a.until, k)
-		}
+	a.expire(now)
+}
+
+// expire ends the grants whose deadline has passed. It holds a.mu.
+func (a *allowList) expire(now int64) {
+	for h := &a.grants; h.Len() > 0 && h.items[0].until <= now; {
+		heap.Pop(h)
 	}
 }
 
