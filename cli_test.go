@@ -749,6 +749,10 @@ func TestCLIConfigFileErrorsNameTheLine(t *testing.T) {
 	// A value that the file gives, with control bytes: quoted.
 	ini := writeFile(t, dir, "nul.ini", "[Application Options]\nports = 4\x00\xff,2\n", 0o644)
 	runCase(t, []string{"check", "--config", ini}, 2, `knockknock: invalid --ports "4\x00\xff,2": "4\x00\xff" is not a port number (1-65535)`+"\n")
+	// A path that the file gives, with control bytes: escaped wherever an error names it.
+	ini = writeFile(t, dir, "paths.ini", "[Application Options]\nports = 4000,2000,3000,1000\nhook = a\x00b\xff\u200b.lua\n", 0o644)
+	runCase(t, []string{"check", "--config", ini}, 2, `knockknock: hook a\x00b\xff\u200b.lua: invalid argument`+"\n")
+	runCase(t, []string{"check", "--config", ini, "--hook", "hooks/log-only.lua", "--secret-file", "s\x01\x7f"}, 2, `knockknock: invalid --secret-file: s\x01\x7f: no such file or directory`+"\n")
 	// What is repeatable may repeat.
 	ok := writeFile(t, dir, "ok.ini", "[Application Options]\ndoor = a=4000,2000,3000,1000\ndoor = b=5000,1000,3000,2000\nhook-arg = a=1\nhook-arg = a=2\n[knock]\ndelay = 5ms\n", 0o644)
 	if out := runCase(t, []string{"check", "--config", ok}, 0, ""); !strings.Contains(out, "hook-arg:     a=2\n") {

@@ -6957,7 +6957,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return report(err, stdout, stderr)
 }
 
-// report prints an error as one line and maps it to an exit code.
+// report prints an error as one line and maps it to an exit code. What is not printable in it
+// (a path or value from a file, say) is escaped, as %q would.
 func report(err error, stdout, stderr io.Writer) int {
 	var help *helpRequest
 	var usage *usageError
@@ -6968,12 +6969,32 @@ func report(err error, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, help.text)
 		return exitOK
 	case errors.As(err, &usage):
-		fmt.Fprintf(stderr, "knockknock: %s\n", oneLine(usage.msg))
+		fmt.Fprintf(stderr, "knockknock: %s\n", escapeControls(oneLine(usage.msg)))
 		return exitUsage
 	default:
-		fmt.Fprintf(stderr, "knockknock: %s\n", oneLine(err.Error()))
+		fmt.Fprintf(stderr, "knockknock: %s\n", escapeControls(oneLine(err.Error())))
 		return exitRuntime
 	}
+}
+
+// escapeControls writes each character of s that is not printable, and each byte that is not
+// UTF-8, as a Go escape (\x00, \xff, \u200b).
+func escapeControls(s string) string {
+	var b strings.Builder
+	for len(s) > 0 {
+		r, n := utf8.DecodeRuneInString(s)
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[0])
+		case unicode.IsPrint(r):
+			b.WriteString(s[:n])
+		default:
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		}
+		s = s[n:]
+	}
+	return b.String()
 }
 
 func runKnock(cl *commandLine, stdout, stderr io.Writer) int {
