@@ -478,9 +478,9 @@ func scanINI(text string) ([]iniEntry, error) {
 
 // checkConfigFile checks a config file's lines before go-flags sets the options from them, so
 // that each error names its line: the sections and keys; a key given twice for an option that
-// takes one value; exactly true or false for a switch; and the values that only a file gives
-// the options it sets (hook-arg, which adds up, and the client's [knock] options). The server's
-// other values are checked later, with the command line's.
+// takes one value; exactly true or false for a switch; the hook-arg values (which the command
+// line's add to); and the client's [knock] values. The server's other values are checked later,
+// with the command line's.
 func checkConfigFile(p *flags.Parser, path, text string) error {
 	entries, err := scanINI(text)
 	if err != nil {
