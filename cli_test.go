@@ -338,7 +338,7 @@ func TestCLIConfigValueErrors(t *testing.T) {
 	wait := ini("wait.ini", "[Application Options]\nports = 2000,1000,3000\n[knock]\nwait = 1h\n")
 	expect := ini("expect.ini", "[Application Options]\nports = 2000,1000,3000\n[knock]\nexpect-address = nowhere\n")
 	count := ini("count.ini", "[Application Options]\nports = 2000,1000,3000\nmax-clients = abc\n")
-	const delayMsg = "invalid --delay \"abc\": want a duration from 0 to 1m, such as 10ms or 0.5\n"
+	const delayMsg = "invalid delay \"abc\": want a duration from 0 to 1m, such as 10ms or 0.5\n"
 	for _, tc := range []struct {
 		args   []string
 		stderr string
@@ -347,10 +347,10 @@ func TestCLIConfigValueErrors(t *testing.T) {
 		{[]string{"--config", verbose}, "knockknock: config " + verbose + " line 3: invalid verbose \"yes\": want true or false\n"},
 		{[]string{"check", "--config", capture}, "knockknock: config " + capture + " line 2: invalid capture \"on\": want true or false\n"},
 		{[]string{"check", "--config", count}, "knockknock: invalid --max-clients \"abc\": want a whole number from 1 to 16777216\n"},
-		{[]string{"check", "--config", delay}, "knockknock: config " + delay + ", [knock] section: " + delayMsg},
-		{[]string{"knock", "--config", delay, "127.0.0.1"}, "knockknock: " + delayMsg},
-		{[]string{"check", "--config", wait}, "knockknock: config " + wait + ", [knock] section: invalid --wait \"1h\": want a duration from 10ms to 10m, such as 3s\n"},
-		{[]string{"check", "--config", expect}, "knockknock: config " + expect + ", [knock] section: invalid --expect-address \"nowhere\": want an IP address or local\n"},
+		{[]string{"check", "--config", delay}, "knockknock: config " + delay + " line 4: " + delayMsg},
+		{[]string{"knock", "--config", delay, "127.0.0.1"}, "knockknock: config " + delay + " line 4: " + delayMsg},
+		{[]string{"check", "--config", wait}, "knockknock: config " + wait + " line 4: invalid wait \"1h\": want a duration from 10ms to 10m, such as 3s\n"},
+		{[]string{"check", "--config", expect}, "knockknock: config " + expect + " line 4: invalid expect-address \"nowhere\": want an IP address or local\n"},
 	} {
 		runCase(t, tc.args, 2, tc.stderr)
 	}
@@ -621,5 +621,196 @@ func TestCLIReadmeINIExampleChecks(t *testing.T) {
 	stdout, stderr, code := runKK(t, "check", "--config", ini)
 	if code != 0 || !strings.HasSuffix(stdout, "\nok\n") || !strings.Contains(stdout, "hook:         hooks/ssh-doors.lua (") {
 		t.Fatalf("check --config ssh.ini: exit %d\n%s%s", code, stdout, stderr)
+	}
+}
+
+// Hook and config files must be regular files of a bounded size: a device, a FIFO or a directory
+// is refused at once (never read or waited on), with one line, exit 2; so is a SIGHUP reload of
+// a hook file that has become a FIFO, and the running hook goes on.
+func TestCLIHookAndConfigMustBeRegularFiles(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const hookHead = "function on_unlock(ev) end\n"
+	pad := func(n int) string { return hookHead + "--" + strings.Repeat("x", n-len(hookHead)-3) + "\n" }
+	bigHook := writeFile(t, dir, "big.lua", pad(4<<20+1), 0o644)
+	fullHook := writeFile(t, dir, "full.lua", pad(4<<20), 0o644)
+	bigINI := writeFile(t, dir, "big.ini", "[Application Options]\nports = 4000,2000,3000,1000\n;"+strings.Repeat("x", 1<<20)+"\n", 0o644)
+	ports := []string{"-p", "4000,2000,3000,1000"}
+	for _, tc := range []struct {
+		args   []string
+		stderr string
+	}{
+		{[]string{"--hook", "/dev/zero"}, "knockknock: hook /dev/zero: not a regular file (a device)\n"},
+		{[]string{"--hook", fifo}, "knockknock: hook " + fifo + ": not a regular file (a FIFO)\n"},
+		{[]string{"--hook", dir}, "knockknock: hook " + dir + ": not a regular file (a directory)\n"},
+		{[]string{"--hook", bigHook}, "knockknock: hook " + bigHook + ": larger than 4194304 bytes\n"},
+		{[]string{"--hook", filepath.Join(dir, "none.lua")}, "knockknock: hook " + filepath.Join(dir, "none.lua") + ": no such file or directory\n"},
+		{[]string{"--config", "/dev/zero"}, "knockknock: config /dev/zero: not a regular file (a device)\n"},
+		{[]string{"--config", fifo}, "knockknock: config " + fifo + ": not a regular file (a FIFO)\n"},
+		{[]string{"--config", bigINI}, "knockknock: config " + bigINI + ": larger than 1048576 bytes\n"},
+	} {
+		for _, cmd := range []string{"check", "serve"} {
+			start := time.Now()
+			runCase(t, append(append([]string{cmd}, ports...), tc.args...), 2, tc.stderr)
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("knockknock %s %q took %v", cmd, tc.args, d)
+			}
+		}
+	}
+	if out := runCase(t, append([]string{"check", "--hook", fullHook}, ports...), 0, ""); !strings.HasSuffix(out, "\nok\n") {
+		t.Errorf("a hook of exactly 4 MiB: %q", out)
+	}
+
+	// A SIGHUP reload reads the hook file again, with the same rule.
+	hook := writeFile(t, dir, "record.lua", string(must(os.ReadFile("testdata/record.lua"))), 0o644)
+	rec := recording(filepath.Join(dir, "events"))
+	knocks := []uint16{freePort(t), freePort(t), freePort(t)}
+	p := startServer(t, "-p", portList(knocks), "--hook", hook, "--hook-arg", "out="+string(rec))
+	os.Remove(hook)
+	if err := syscall.Mkfifo(hook, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	want := `level=ERROR msg="hook reload failed; the running hook goes on" event=hook_reload err="hook ` + hook + `: not a regular file (a FIFO)"`
+	waitFor(t, "the refused reload", func() bool { return strings.Contains(p.stderr.String(), want) })
+	knockWith(t, "-p", portList(knocks), "127.0.0.1")
+	waitFor(t, "an unlock by the running hook", func() bool { return rec.count("unlock") == 1 })
+	if code := p.stop(t); code != 0 {
+		t.Errorf("the server exited %d", code)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// A switch in a config file is exactly true or false; anything else, empty too, names its line.
+func TestCLIConfigBooleans(t *testing.T) {
+	dir := t.TempDir()
+	for i, tc := range []struct {
+		line string
+		ok   bool
+	}{
+		{"capture = true", true}, {"capture = false", true}, {`verbose = "true"`, true}, {"verbose = false", true},
+		{"capture =", false}, {"capture = 1", false}, {"capture = 0", false}, {"capture = t", false}, {"verbose = F", false},
+		{"capture = TRUE", false}, {"verbose = True", false}, {"verbose = yes", false}, {`capture = ""`, false},
+	} {
+		ini := writeFile(t, dir, fmt.Sprintf("b%d.ini", i), "[Application Options]\nports = 4000,2000,3000,1000\n"+tc.line+"\n", 0o644)
+		if tc.ok {
+			if out := runCase(t, []string{"check", "--config", ini}, 0, ""); !strings.HasSuffix(out, "\nok\n") {
+				t.Errorf("%q: %q", tc.line, out)
+			}
+			continue
+		}
+		key, value, _ := strings.Cut(tc.line, "=")
+		value = strings.Trim(strings.TrimSpace(value), `"`)
+		want := fmt.Sprintf("knockknock: config %s line 3: invalid %s %q: want true or false\n", ini, strings.TrimSpace(key), value)
+		runCase(t, []string{"check", "--config", ini}, 2, want)
+		runCase(t, []string{"knock", "--config", ini, "127.0.0.1"}, 2, want)
+	}
+}
+
+// Every config file error names the file and the line, and echoes the file's text quoted where
+// it is not printable.
+func TestCLIConfigFileErrorsNameTheLine(t *testing.T) {
+	dir := t.TempDir()
+	for i, tc := range []struct {
+		body, stderr string // stderr: after "knockknock: config FILE "
+	}{
+		{"[Foo]\nx = 1\n", `line 1: unknown section [Foo] (sections: [Application Options], [knock])`},
+		{"[Application Options]\nports = 4000,2000,3000,1000\n[serve]\n", `line 3: unknown section [serve] (sections: [Application Options], [knock])`},
+		{"[Appl\xffcation Options]\n", `line 1: unknown section ["Appl\xffcation Options"] (sections: [Application Options], [knock])`},
+		{"[Application Options\n", `line 1: malformed section header "[Application Options": want [NAME]`},
+		{"[Application Options]\nports 4000\n", `line 2: "ports 4000": want KEY = VALUE`},
+		{"[Application Options]\nports = \"4000\n", `line 2: malformed quoted value "\"4000"`},
+		{"[Application Options]\nportz = 1,2,3\n", `line 2: unknown option: portz`},
+		{"[Application Options]\npo\x00rts = 1,2,3\n", `line 2: unknown option: "po\x00rts"`},
+		{"[Application Options]\nports = 4000,2000,3000,1000\n[knock]\nwait = abc\n", `line 4: invalid wait "abc": want a duration from 10ms to 10m, such as 3s`},
+		{"[knock]\n-d = 1s\ndelay = abc\n", `line 2: unknown option: -d`},
+		{"[knock]\ndelay = 1s\nd = 2s\n", `line 3: d is given again (first on line 2): it takes one value`},
+		{"[Application Options]\nhook-arg = port\n", `line 2: invalid hook-arg "port": want KEY=VALUE`},
+		{"[Application Options]\nhook-arg = 1x=2\n", `line 2: invalid hook-arg "1x=2": key "1x": use letters, digits and _, not starting with a digit`},
+		{"[Application Options]\nports = 4000,2000,3000,1000\nports = 5000,1000,3000,2000\n", `line 3: ports is given again (first on line 2): it takes one value`},
+		{"ports = 4000,2000,3000,1000\n[Application Options]\nports = 5000,1000,3000,2000\n", `line 3: ports is given again (first on line 1): it takes one value`},
+		{"[Application Options]\nhook = a.lua\nhook = b.lua\n", `line 3: hook is given again (first on line 2): it takes one value`},
+		{"[knock]\nexpect-address = nowhere\n", `line 2: invalid expect-address "nowhere": want an IP address or local`},
+	} {
+		ini := writeFile(t, dir, fmt.Sprintf("e%d.ini", i), tc.body, 0o644)
+		want := "knockknock: config " + ini + " " + tc.stderr + "\n"
+		runCase(t, []string{"check", "--config", ini}, 2, want)
+		runCase(t, []string{"knock", "--config", ini, "127.0.0.1"}, 2, want)
+	}
+	// A value that the file gives, with control bytes: quoted.
+	ini := writeFile(t, dir, "nul.ini", "[Application Options]\nports = 4\x00\xff,2\n", 0o644)
+	runCase(t, []string{"check", "--config", ini}, 2, `knockknock: invalid --ports "4\x00\xff,2": "4\x00\xff" is not a port number (1-65535)`+"\n")
+	// A path that the file gives, with control bytes: escaped wherever an error names it.
+	ini = writeFile(t, dir, "paths.ini", "[Application Options]\nports = 4000,2000,3000,1000\nhook = a\x00b\xff\u200b.lua\n", 0o644)
+	runCase(t, []string{"check", "--config", ini}, 2, `knockknock: hook a\x00b\xff\u200b.lua: invalid argument`+"\n")
+	runCase(t, []string{"check", "--config", ini, "--hook", "hooks/log-only.lua", "--secret-file", "s\x01\x7f"}, 2, `knockknock: invalid --secret-file: s\x01\x7f: no such file or directory`+"\n")
+	// What is repeatable may repeat.
+	ok := writeFile(t, dir, "ok.ini", "[Application Options]\ndoor = a=4000,2000,3000,1000\ndoor = b=5000,1000,3000,2000\nhook-arg = a=1\nhook-arg = a=2\n[knock]\ndelay = 5ms\n", 0o644)
+	if out := runCase(t, []string{"check", "--config", ok}, 0, ""); !strings.Contains(out, "hook-arg:     a=2\n") {
+		t.Errorf("check --config ok.ini: %q", out)
+	}
+}
+
+// A command line's first word that is no command, and empty keygen names, and client options
+// that do nothing without a key or with another sequence: one line, exit 2, nothing done.
+func TestCLIRefusedCommandLines(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret")
+	runKK(t, "keygen", secret)
+	waitINI := writeFile(t, dir, "wait.ini", "[knock]\nwait = 2s\n", 0o644)
+	bothINI := writeFile(t, dir, "both.ini", "[Application Options]\nports = 3,4\ndoor = a=1,2\n", 0o644)
+	const unknown = "knockknock: unknown command %q (commands: serve, knock, check, keygen, help)\n"
+	const needsKey = "knockknock: knock: --%s needs --secret-file: only an authenticated knock %s\n"
+	expectMsg := fmt.Sprintf(needsKey, "expect-address", "learns the address the server sees")
+	waitMsg := fmt.Sprintf(needsKey, "wait", "waits for the server's confirmation")
+	const both = "knockknock: use either --ports (one door) or --door (named doors), not both\n"
+	for _, tc := range []struct {
+		args   []string
+		stderr string
+	}{
+		{[]string{"bogus"}, fmt.Sprintf(unknown, "bogus")},
+		{[]string{"-p", "4000,2000,3000,1000", "chek"}, fmt.Sprintf(unknown, "chek")},
+		{[]string{""}, fmt.Sprintf(unknown, "")},
+		{[]string{"check", "stray"}, "knockknock: unexpected argument \"stray\" (see knockknock help check)\n"},
+		{[]string{"keygen", "--user", ""}, "knockknock: keygen --user: a user name has 1 to 64 characters\n"},
+		{[]string{"keygen", "--user="}, "knockknock: keygen --user: a user name has 1 to 64 characters\n"},
+		{[]string{"keygen", ""}, "knockknock: keygen: FILE is empty: name the file to write, or leave it out to print the key\n"},
+		{[]string{"keygen", "--user", "alice", ""}, "knockknock: keygen: FILE is empty: name the file to write, or leave it out to print the key\n"},
+		{[]string{"knock", "--expect-address", "local", "127.0.0.1"}, expectMsg},
+		{[]string{"knock", "--expect-address", "", "127.0.0.1"}, expectMsg},
+		{[]string{"knock", "--wait", "1s", "127.0.0.1"}, waitMsg},
+		{[]string{"knock", "--wait", "3s", "127.0.0.1"}, waitMsg},
+		{[]string{"knock", "--config", waitINI, "127.0.0.1"}, waitMsg},
+		{[]string{"knock", "--door", "a=1,2", "-p", "3,4", "127.0.0.1"}, both},
+		{[]string{"knock", "--door", "a=1,2", "-p", "3,4", "127.0.0.1", "5"}, both},
+		{[]string{"knock", "--config", bothINI, "127.0.0.1"}, both},
+	} {
+		if out := runCase(t, tc.args, 2, tc.stderr); out != "" {
+			t.Errorf("knockknock %q printed %q", tc.args, out)
+		}
+	}
+	// keygen wrote nothing for the refused lines; the same lines with names work.
+	if entries, _ := os.ReadDir(dir); len(entries) != 3 {
+		t.Errorf("files in the test directory: %v", entries)
+	}
+	if out := runCase(t, []string{"keygen", "--user", "alice"}, 0, ""); !strings.HasPrefix(out, "alice ") {
+		t.Errorf("keygen --user alice: %q", out)
+	}
+	// With the key, --wait and --expect-address apply: an authenticated knock to a server that
+	// is not there waits --wait, then says so.
+	port := freePort(t)
+	start := time.Now()
+	_, stderr, code := runKK(t, "knock", "--secret-file", secret, "--wait", "300ms", "--expect-address", "local", "127.0.0.1", strconv.Itoa(int(port)))
+	if code != 1 || !strings.Contains(stderr, "no answer from 127.0.0.1:"+strconv.Itoa(int(port))+" within 300ms") || time.Since(start) > 3*time.Second {
+		t.Errorf("knock with a key, --wait 300ms: exit %d after %v, %q", code, time.Since(start), stderr)
 	}
 }

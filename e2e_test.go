@@ -406,7 +406,7 @@ func TestE2EBadInputExits2WithOneLine(t *testing.T) {
 		{[]string{"--hook", noUnlock}, "defines no on_unlock"},
 		{[]string{"--log-format", "xml"}, "use text or json"},
 		{[]string{"--no-such-flag"}, "unknown flag"},
-		{[]string{"stray"}, `unexpected argument "stray"`},
+		{[]string{"stray"}, `"stray"`}, // an unknown command; after check, an unexpected argument
 		{[]string{"--listen", "nowhere"}, "invalid --listen"},
 		{[]string{"--hook-arg", "novalue"}, "want KEY=VALUE"},
 		{[]string{"--decoys", "123"}, "also a knock port"},

@@ -531,3 +531,45 @@ function on_unlock(ev) end
 	}
 	p.stop(t)
 }
+
+// os.exit in a hook is a Lua error, not the end of the process: at the top level it stops check
+// and the server's start with one line, exit 2; in a handler the call fails, is logged, and the
+// server goes on serving (and stops cleanly, running on_stop).
+func TestE2EHookOSExitIsAnError(t *testing.T) {
+	const msg = "os.exit is not available in a hook: return from the handler, or call error() to fail it"
+	ports := []uint16{freePort(t), freePort(t), freePort(t)}
+	for _, src := range []string{"os.exit(0)", "os.exit(7)", "require('os').exit()", "os.exit(true, true)"} {
+		hook := writeHook(t, "function on_unlock(ev) end\n"+src+"\n")
+		want := "knockknock: hook " + hook + ": " + hook + ":2: " + msg + "\n"
+		for _, cmd := range []string{"check", "serve"} {
+			stdout, stderr, code := runKK(t, cmd, "-p", portList(ports), "--hook", hook)
+			if code != 2 || stderr != want || stdout != "" {
+				t.Errorf("%s with %s: exit %d, stdout %q, stderr %q; want exit 2 and %q", cmd, src, code, stdout, stderr, want)
+			}
+		}
+	}
+	hook := writeHook(t, `local knock = require("knock")
+local n = 0
+function on_unlock(ev)
+  n = n + 1
+  if n == 1 then os.exit(7) end
+  knock.log("unlock number " .. n)
+end
+function on_stop(why) knock.log("on_stop ran: " .. why) end
+`)
+	p := startServer(t, "-p", portList(ports), "--hook", hook)
+	knockWith(t, "-p", portList(ports), "127.0.0.1")
+	failed := `level=ERROR msg="hook failed" event=hook_error hook=on_unlock err="` + hook + `:5: ` + msg + `"`
+	waitFor(t, "the failed on_unlock", func() bool { return strings.Contains(p.stderr.String(), failed) })
+	knockWith(t, "-p", portList(ports), "127.0.0.1")
+	waitFor(t, "the second unlock", func() bool { return strings.Contains(p.stderr.String(), `msg="unlock number 2"`) })
+	if code := p.stop(t); code != 0 {
+		t.Errorf("the server exited %d, want 0", code)
+	}
+	logs := p.stderr.String()
+	for _, want := range []string{`msg="on_stop ran: shutdown"`, `msg=stopped event=stopped`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the log lacks %q:\n%s", want, logs)
+		}
+	}
+}

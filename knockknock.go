@@ -137,12 +137,14 @@ type knockCommand struct {
 		Host  string   `positional-arg-name:"HOST"`
 		Ports []string `positional-arg-name:"PORT"`
 	} `positional-args:"yes"`
+
+	waitGiven, expectGiven bool // --wait, --expect-address given (on the command line or in the file)
 }
 
 type keygenCommand struct {
-	User string `long:"user" value-name:"NAME" description:"write a per-user key for --keys, and print the line to add to the server's keys file"`
+	User *string `long:"user" value-name:"NAME" description:"write a per-user key for --keys, and print the line to add to the server's keys file"`
 	Args struct {
-		File string `positional-arg-name:"FILE"`
+		File *string `positional-arg-name:"FILE"` // nil: not given
 	} `positional-args:"yes"`
 }
 
@@ -243,7 +245,14 @@ func parseCommandLine(args []string) (*commandLine, error) {
 		path, cmdHookArgs := cl.global.Config, cl.global.HookArgs
 		cl = &commandLine{}
 		p = newParser(cl)
-		if err := flags.NewIniParser(p).ParseFile(path); err != nil {
+		text, err := readSmallFile(path, maxConfigFile)
+		if err != nil {
+			return nil, usagef("config %v", err)
+		}
+		if err := checkConfigFile(p, path, string(text)); err != nil {
+			return nil, err
+		}
+		if err := flags.NewIniParser(p).Parse(bytes.NewReader(text)); err != nil {
 			return nil, iniError(path, err)
 		}
 		fileHookArgs := slices.Clone(cl.global.HookArgs)
@@ -258,10 +267,16 @@ func parseCommandLine(args []string) (*commandLine, error) {
 	if p.Active != nil {
 		cl.command = p.Active.Name
 	}
-	if len(rest) > 0 {
+	switch {
+	case len(rest) > 0 && p.Active == nil:
+		return nil, usagef("unknown command %q (commands: serve, knock, check, keygen, help)", rest[0])
+	case len(rest) > 0:
 		return nil, usagef("unexpected argument %q (see knockknock help %s)", rest[0], cl.command)
 	}
 	cl.global.portsGiven = p.FindOptionByLongName("ports").IsSet()
+	given := func(o *flags.Option) bool { return o.IsSet() && !o.IsSetDefault() }
+	knock := p.Find("knock")
+	cl.knock.waitGiven, cl.knock.expectGiven = given(knock.FindOptionByLongName("wait")), given(knock.FindOptionByLongName("expect-address"))
 	return cl, nil
 }
 
@@ -405,32 +420,137 @@ func flagsError(p *flags.Parser, err error) error {
 	return usagef("%s (see knockknock help %s)", oneLine(err.Error()), cmp.Or(name, "serve"))
 }
 
+// iniError is what go-flags finds wrong with a config file that checkConfigFile passed.
 func iniError(path string, err error) error {
 	var ierr *flags.IniError
 	if errors.As(err, &ierr) {
-		msg := oneLine(ierr.Message)
-		if strings.HasPrefix(msg, "strconv.ParseBool") { // capture, verbose
-			key, value := iniLine(path, int(ierr.LineNumber))
-			msg = fmt.Sprintf("invalid %s %q: want true or false", key, value)
-		}
-		return usagef("config %s line %d: %s", path, ierr.LineNumber, msg)
+		return usagef("config %s line %d: %s", path, ierr.LineNumber, printable(oneLine(ierr.Message)))
 	}
-	var perr *os.PathError
-	if errors.As(err, &perr) {
-		return usagef("config %s: %v", path, perr.Err)
-	}
-	return usagef("config %s: %s", path, oneLine(err.Error()))
+	return usagef("config %s: %s", path, printable(oneLine(err.Error())))
 }
 
-// iniLine reads back the key and value of a config file's line, for an error about it.
-func iniLine(path string, n int) (key, value string) {
-	text, err := readSmallFile(path, 1<<20)
-	lines := strings.Split(string(text), "\n")
-	if err != nil || n < 1 || n > len(lines) {
-		return "value", ""
+const (
+	maxConfigFile = 1 << 20 // bytes
+	maxHookFile   = 4 << 20
+)
+
+// iniEntry is one KEY = VALUE line of a config file, or a section's header.
+type iniEntry struct {
+	line                int
+	section, key, value string // section "": before any section header
+	header              bool
+}
+
+// scanINI splits a config file into its section headers and KEY = VALUE lines as go-flags reads
+// them: blank lines and lines starting with ';' or '#' are skipped, "[NAME]" starts a section,
+// and a value in double quotes is unquoted. The error names the line.
+func scanINI(text string) ([]iniEntry, error) {
+	var entries []iniEntry
+	section := ""
+	for n, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "" || line[0] == ';' || line[0] == '#':
+			continue
+		case line[0] == '[':
+			name, ok := strings.CutSuffix(line[1:], "]")
+			if section = strings.TrimSpace(name); !ok || section == "" {
+				return nil, fmt.Errorf("line %d: malformed section header %q: want [NAME]", n+1, line)
+			}
+			entries = append(entries, iniEntry{line: n + 1, section: section, header: true})
+			continue
+		}
+		key, value, ok := strings.Cut(line, "=")
+		if !ok {
+			return nil, fmt.Errorf("line %d: %q: want KEY = VALUE", n+1, line)
+		}
+		e := iniEntry{line: n + 1, section: section, key: strings.TrimSpace(key), value: strings.TrimSpace(value)}
+		if strings.HasPrefix(e.value, `"`) {
+			v, err := strconv.Unquote(e.value)
+			if err != nil {
+				return nil, fmt.Errorf("line %d: malformed quoted value %q", n+1, e.value)
+			}
+			e.value = v
+		}
+		entries = append(entries, e)
 	}
-	key, value, _ = strings.Cut(lines[n-1], "=")
-	return strings.TrimSpace(key), strings.TrimSpace(value)
+	return entries, nil
+}
+
+// checkConfigFile checks a config file's lines before go-flags sets the options from them, so
+// that each error names its line: the sections and keys; a key given twice for an option that
+// takes one value; exactly true or false for a switch; the hook-arg values (which the command
+// line's add to); and the client's [knock] values. The server's other values are checked later,
+// with the command line's.
+func checkConfigFile(p *flags.Parser, path, text string) error {
+	entries, err := scanINI(text)
+	if err != nil {
+		return usagef("config %s %v", path, err)
+	}
+	server, client := p.Group.Find("Application Options").Options(), p.Find("knock").Options()
+	first := map[*flags.Option]int{}
+	for _, e := range entries {
+		fail := func(format string, args ...any) error {
+			return usagef("config %s line %d: %s", path, e.line, fmt.Sprintf(format, args...))
+		}
+		var opt *flags.Option
+		switch e.section {
+		case "": // go-flags looks in every group
+			opt = cmp.Or(iniOption(server, e.key), iniOption(client, e.key))
+		case "Application Options":
+			opt = iniOption(server, e.key)
+		case "knock":
+			opt = iniOption(client, e.key)
+		default:
+			return fail("unknown section [%s] (sections: [Application Options], [knock])", printable(e.section))
+		}
+		if e.header {
+			continue
+		}
+		if opt == nil {
+			return fail("unknown option: %s", printable(e.key))
+		}
+		if _, repeatable := opt.Value().([]string); !repeatable {
+			if n, ok := first[opt]; ok {
+				return fail("%s is given again (first on line %d): it takes one value", e.key, n)
+			}
+			first[opt] = e.line
+		}
+		var bad error
+		switch _, isBool := opt.Value().(bool); {
+		case isBool && e.value != "true" && e.value != "false":
+			bad = errors.New("want true or false")
+		case opt.LongName == "hook-arg":
+			_, _, bad = parseHookArg(e.value)
+		case slices.Contains(client, opt) && !isBool:
+			bad = setKnockOption(&knockPlan{}, opt.LongName, e.value)
+		}
+		if bad != nil {
+			return fail("invalid %s %q: %v", e.key, e.value, bad)
+		}
+	}
+	return nil
+}
+
+// iniOption finds a config file's key among options as go-flags does: by long name, field name
+// or short name; --config is no key.
+func iniOption(options []*flags.Option, key string) *flags.Option {
+	for _, o := range options {
+		f := o.Field()
+		if f.Tag.Get("no-ini") == "" && (key == o.LongName || key == f.Name || o.ShortName != 0 && key == string(o.ShortName)) {
+			return o
+		}
+	}
+	return nil
+}
+
+// printable is s as it is when every character is printable, else quoted: a config file's text
+// is echoed without its control bytes.
+func printable(s string) string {
+	if q := strconv.QuoteToGraphic(s); q[1:len(q)-1] != s {
+		return q
+	}
+	return s
 }
 
 func oneLine(s string) string {
@@ -917,10 +1037,11 @@ func parseHookArg(s string) (key, value string, err error) {
 
 func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "\uFFFD") == s }
 
-// loadHook reads the hook so that a bad hook is a usage error before anything binds. The
-// default hooks fall back to their embedded copies when the file is absent.
+// loadHook reads the hook so that a bad hook is a usage error before anything binds: a regular
+// file of at most maxHookFile bytes. The default hooks fall back to their embedded copies when
+// the file is absent.
 func (c *config) loadHook(path string) error {
-	src, err := os.ReadFile(path)
+	src, err := readSmallFile(path, maxHookFile)
 	switch {
 	case err == nil:
 		c.hookPath, c.hookName, c.hookSource = path, path, src
@@ -929,7 +1050,7 @@ func (c *config) loadHook(path string) error {
 	case errors.Is(err, os.ErrNotExist) && path == defaultKnockdHook:
 		c.hookName, c.hookSource = "embedded:"+defaultKnockdHook, embeddedKnockdHook
 	default:
-		return usagef("invalid --hook %q: %v", path, errors.Unwrap(err))
+		return usagef("hook %v", err)
 	}
 	return nil
 }
@@ -968,7 +1089,7 @@ func formatSpecs(ports []portSpec) string {
 func readSmallFile(path string, limit int64) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %v", path, errors.Unwrap(err))
+		return nil, fmt.Errorf("%s: %w", path, errors.Unwrap(err))
 	}
 	defer f.Close()
 	info, err := f.Stat()
@@ -976,10 +1097,10 @@ func readSmallFile(path string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %v", path, err)
 	}
 	if !info.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s)", path, fileKind(info.Mode()))
+		return nil, fmt.Errorf("%s: not a regular file (%s)", path, fileKind(info.Mode()))
 	}
 	if info.Size() > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, limit)
 	}
 	return io.ReadAll(io.LimitReader(f, limit))
 }
@@ -5580,9 +5701,9 @@ func (h *hookRuntime) reload() error {
 	if cfg.hookPath == "" {
 		return nil // an embedded hook has no file to read again
 	}
-	src, err := os.ReadFile(cfg.hookPath)
+	src, err := readSmallFile(cfg.hookPath, maxHookFile)
 	if err != nil {
-		return err
+		return fmt.Errorf("hook %v", err)
 	}
 	proto, err := compileHook(cfg.hookName, src)
 	if err != nil {
@@ -5748,6 +5869,10 @@ func (h *hookRuntime) installModule(hook *luaHook) {
 	})
 	if osTable, ok := L.GetGlobal("os").(*lua.LTable); ok {
 		osTable.RawSetString("execute", L.NewFunction(h.luaOSExecute))
+		osTable.RawSetString("exit", L.NewFunction(func(L *lua.LState) int {
+			L.RaiseError("os.exit is not available in a hook: return from the handler, or call error() to fail it")
+			return 0
+		}))
 	}
 }
 
@@ -6706,6 +6831,14 @@ func newKnockPlan(cl *commandLine) (*knockPlan, error) {
 	case k.IPv6:
 		plan.network = "ip6"
 	}
+	switch {
+	case len(cl.global.Doors) > 0 && cl.global.portsGiven:
+		return nil, usagef("use either --ports (one door) or --door (named doors), not both")
+	case cl.global.SecretFile == "" && k.expectGiven:
+		return nil, usagef("knock: --expect-address needs --secret-file: only an authenticated knock learns the address the server sees")
+	case cl.global.SecretFile == "" && k.waitGiven:
+		return nil, usagef("knock: --wait needs --secret-file: only an authenticated knock waits for the server's confirmation")
+	}
 	var err error
 	switch {
 	case len(k.Args.Ports) > 0:
@@ -6751,23 +6884,37 @@ func newKnockPlan(cl *commandLine) (*knockPlan, error) {
 }
 
 // parseOptions validates the client's own options (on the command line or in a config file's
-// [knock] section, which check validates with it) into plan.
+// [knock] section) into plan.
 func (k *knockCommand) parseOptions(plan *knockPlan) error {
-	var err error
-	if plan.delay, err = parseDuration(k.Delay); err != nil || plan.delay > time.Minute {
-		return usagef("invalid --delay %q: want a duration from 0 to 1m, such as 10ms or 0.5", k.Delay)
-	}
-	if plan.wait, err = parseDuration(k.Wait); err != nil || plan.wait < 10*time.Millisecond || plan.wait > 10*time.Minute {
-		return usagef("invalid --wait %q: want a duration from 10ms to 10m, such as 3s", k.Wait)
-	}
-	switch e := k.Expect; {
-	case e == "local":
-		plan.local = true
-	case e != "":
-		if plan.expect, err = netip.ParseAddr(strings.Trim(e, "[]")); err != nil {
-			return usagef("invalid --expect-address %q: want an IP address or local", e)
+	for _, o := range []struct{ name, value string }{{"delay", k.Delay}, {"wait", k.Wait}, {"expect-address", k.Expect}} {
+		if err := setKnockOption(plan, o.name, o.value); err != nil {
+			return usagef("invalid --%s %q: %v", o.name, o.value, err)
 		}
-		plan.expect = plan.expect.Unmap()
+	}
+	return nil
+}
+
+// setKnockOption validates one of the client's own options, by its long name, into plan; the
+// error says what is allowed. checkConfigFile checks a [knock] line with it.
+func setKnockOption(plan *knockPlan, name, value string) error {
+	var err error
+	switch name {
+	case "delay":
+		if plan.delay, err = parseDuration(value); err != nil || plan.delay > time.Minute {
+			return errors.New("want a duration from 0 to 1m, such as 10ms or 0.5")
+		}
+	case "wait":
+		if plan.wait, err = parseDuration(value); err != nil || plan.wait < 10*time.Millisecond || plan.wait > 10*time.Minute {
+			return errors.New("want a duration from 10ms to 10m, such as 3s")
+		}
+	case "expect-address":
+		plan.local, plan.expect = value == "local", netip.Addr{}
+		if value != "" && value != "local" {
+			if plan.expect, err = netip.ParseAddr(strings.Trim(value, "[]")); err != nil {
+				return errors.New("want an IP address or local")
+			}
+			plan.expect = plan.expect.Unmap()
+		}
 	}
 	return nil
 }
@@ -6992,7 +7139,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return report(err, stdout, stderr)
 }
 
-// report prints an error as one line and maps it to an exit code.
+// report prints an error as one line and maps it to an exit code. What is not printable in it
+// (a path or value from a file, say) is escaped, as %q would.
 func report(err error, stdout, stderr io.Writer) int {
 	var help *helpRequest
 	var usage *usageError
@@ -7003,12 +7151,32 @@ func report(err error, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, help.text)
 		return exitOK
 	case errors.As(err, &usage):
-		fmt.Fprintf(stderr, "knockknock: %s\n", oneLine(usage.msg))
+		fmt.Fprintf(stderr, "knockknock: %s\n", escapeControls(oneLine(usage.msg)))
 		return exitUsage
 	default:
-		fmt.Fprintf(stderr, "knockknock: %s\n", oneLine(err.Error()))
+		fmt.Fprintf(stderr, "knockknock: %s\n", escapeControls(oneLine(err.Error())))
 		return exitRuntime
 	}
+}
+
+// escapeControls writes each character of s that is not printable, and each byte that is not
+// UTF-8, as a Go escape (\x00, \xff, \u200b).
+func escapeControls(s string) string {
+	var b strings.Builder
+	for len(s) > 0 {
+		r, n := utf8.DecodeRuneInString(s)
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[0])
+		case unicode.IsPrint(r):
+			b.WriteString(s[:n])
+		default:
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		}
+		s = s[n:]
+	}
+	return b.String()
 }
 
 func runKnock(cl *commandLine, stdout, stderr io.Writer) int {
@@ -7033,18 +7201,21 @@ func runKnock(cl *commandLine, stdout, stderr io.Writer) int {
 
 // runKeygen makes a key from 32 random bytes, written as 64 hex digits.
 func runKeygen(k *keygenCommand, stdout io.Writer) error {
+	if k.User != nil {
+		if err := checkUserName(*k.User); err != nil {
+			return usagef("keygen --user: %v", err)
+		}
+	}
+	if k.Args.File != nil && *k.Args.File == "" {
+		return usagef("keygen: FILE is empty: name the file to write, or leave it out to print the key")
+	}
 	var key [32]byte
 	if _, err := rand.Read(key[:]); err != nil {
 		return err
 	}
 	secret := hex.EncodeToString(key[:])
-	if k.User != "" {
-		if err := checkUserName(k.User); err != nil {
-			return usagef("keygen --user: %v", err)
-		}
-	}
-	if path := k.Args.File; path != "" {
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if k.Args.File != nil {
+		f, err := os.OpenFile(*k.Args.File, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {
 			return usagef("keygen: %v", err)
 		}
@@ -7055,12 +7226,12 @@ func runKeygen(k *keygenCommand, stdout io.Writer) error {
 		if err := f.Close(); err != nil {
 			return err
 		}
-		if k.User == "" {
+		if k.User == nil {
 			return nil
 		}
 	}
-	if k.User != "" {
-		_, err := fmt.Fprintf(stdout, "%s %s\n", k.User, secret)
+	if k.User != nil {
+		_, err := fmt.Fprintf(stdout, "%s %s\n", *k.User, secret)
 		return err
 	}
 	_, err := fmt.Fprintln(stdout, secret)
@@ -7175,10 +7346,7 @@ func runServer(cl *commandLine, stdout, stderr io.Writer) int {
 	if err != nil {
 		return report(err, stdout, stderr)
 	}
-	if cl.command == "check" {
-		if err := cl.knock.parseOptions(&knockPlan{}); err != nil { // the config file's [knock] section
-			return report(usagef("config %s, [knock] section: %v", cl.global.Config, err), stdout, stderr)
-		}
+	if cl.command == "check" { // checkConfigFile has checked the config file's [knock] section
 		return runCheck(cfg, proto, newLogger(cfg, stderr), stdout, stderr)
 	}
 	lw := newLogWriter(stderr)
