@@ -573,3 +573,33 @@ function on_stop(why) knock.log("on_stop ran: " .. why) end
 		}
 	}
 }
+
+// math.random follows Lua 5.1, with its argument errors as Lua errors: gopher-lua's own panicked
+// in Go on an empty interval, which cost the hook its state (and its globals).
+func TestLuaMathRandom(t *testing.T) {
+	s := mustLuaServer(t, unlockStub, nil)
+	for _, c := range []struct{ code, err string }{
+		{`local x = math.random(); assert(x >= 0 and x < 1)`, ""},
+		{`for _ = 1, 200 do local x = math.random(3); assert(x >= 1 and x <= 3 and x == math.floor(x)) end`, ""},
+		{`for _ = 1, 200 do local x = math.random(-2, 2); assert(x >= -2 and x <= 2) end`, ""},
+		{`assert(math.random(5, 5) == 5)`, ""},
+		{`math.random(0)`, "bad argument #1 to random (interval is empty)"},
+		{`math.random(3, 1)`, "bad argument #2 to random (interval is empty)"},
+		{`math.random(1, 2^60)`, "bad argument #2 to random (interval is too large)"},
+		{`math.random(1, 2, 3)`, "wrong number of arguments to 'random'"},
+		{`math.random("x")`, "bad argument #1 to random (number expected, got string)"},
+	} {
+		err := callErr(s, c.code)
+		switch {
+		case c.err == "" && err != nil:
+			t.Errorf("%s: %v", c.code, err)
+		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err) || strings.Contains(err.Error(), "panic")):
+			t.Errorf("%s: error %v, want %q", c.code, err, c.err)
+		}
+	}
+	s.hook.L.SetGlobal("kept", lua.LString("yes"))
+	callErr(s, `math.random(0)`)
+	if got := s.global("kept"); got.String() != "yes" {
+		t.Fatalf("after math.random(0) the hook's globals are gone: kept = %v", got)
+	}
+}

@@ -39,6 +39,7 @@ import (
 	"log/slog"
 	"math"
 	"math/bits"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -5874,6 +5875,35 @@ func (h *hookRuntime) installModule(hook *luaHook) {
 			return 0
 		}))
 	}
+	if mathTable, ok := L.GetGlobal("math").(*lua.LTable); ok {
+		mathTable.RawSetString("random", L.NewFunction(luaMathRandom))
+	}
+}
+
+// luaMathRandom is math.random as Lua 5.1 defines it, with its argument errors: gopher-lua's
+// own panics in Go on an empty interval (math.random(0)), which would cost the hook its state.
+func luaMathRandom(L *lua.LState) int {
+	switch L.GetTop() {
+	case 0:
+		L.Push(lua.LNumber(mrand.Float64()))
+		return 1
+	case 1, 2:
+	default:
+		L.RaiseError("wrong number of arguments to 'random'")
+	}
+	lo, hi := int64(1), int64(L.CheckNumber(1))
+	if L.GetTop() == 2 {
+		lo, hi = hi, int64(L.CheckNumber(2))
+	}
+	if lo > hi {
+		L.ArgError(L.GetTop(), "interval is empty")
+	}
+	n := hi - lo + 1
+	if n <= 0 || n > 1<<53 {
+		L.ArgError(L.GetTop(), "interval is too large")
+	}
+	L.Push(lua.LNumber(lo + mrand.Int64N(n)))
+	return 1
 }
 
 // configTable is knock.config: a read-only view of the settings and the doors.
