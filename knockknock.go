@@ -5153,8 +5153,10 @@ func (t *callTimer) begin(timeout time.Duration) context.Context {
 	}
 	ctx := t.ctx
 	t.deadline.Store(deadline)
-	if !t.armed {
-		t.armed = true
+	// A call begins only once the one before it has returned: a grace for that one, if it was
+	// cancelled, is over, and the timer must wake at this call's deadline.
+	if !t.armed || t.cancelled != 0 {
+		t.armed, t.cancelled = true, 0
 		t.timer.Reset(timeout)
 	}
 	t.mu.Unlock()
