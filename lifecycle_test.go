@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -529,4 +530,28 @@ function on_unlock(ev) end
 	if n := strings.Count(p.stderr.String(), `msg="hook reloaded"`); n != 1 {
 		t.Fatalf("%d reloads ran, want the one under way when SIGTERM came:\n%s", n, p.stderr.String())
 	}
+}
+
+// A call after a cancelled one is cancelled at its own timeout, not after the stuck grace the
+// timer gave the first.
+func TestCallAfterACancelledCallKeepsItsTimeout(t *testing.T) {
+	c := testConfig(1000, 2000)
+	c.hookTimeout = 200 * time.Millisecond
+	proto, err := compileHook(c.hookName, []byte("function spin() while true do end end\nfunction on_unlock(ev) end\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHookRuntime(c, slog.New(slog.NewTextHandler(io.Discard, nil)), proto, &recordingEffects{})
+	hook, err := h.load(proto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		start := time.Now()
+		err := h.call("spin", hook, hook.L.GetGlobal("spin").(*lua.LFunction))
+		if took := time.Since(start); err == nil || took > time.Second {
+			t.Fatalf("call %d: %v after %v, want cancelled after 200ms", i+1, err, took)
+		}
+	}
+	h.closeAll()
 }
