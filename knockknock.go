@@ -3219,8 +3219,12 @@ func (t *tracker) hello(from netip.AddrPort, local netip.Addr, h *hello, k *user
 	if i, ok := s.index[key]; ok {
 		st = s.authOf(i)
 		if st.issued != 0 && !bytes.Equal(st.nonceC[:], h.nonceC) {
-			if h.unixMilli <= st.hello {
-				return dropStaleHello // an older hello, captured and sent again, must not reset the attempt
+			if h.unixMilli <= st.hello && (st.used != 0 || bytes.Equal(st.keyID[:], k.id[:])) {
+				// An older hello, captured and sent again, must not reset the attempt. Another
+				// key's hello may replace an attempt that has not knocked yet: else one key
+				// holder's hello dated ahead, sent from another's address, would hold that
+				// address off until its date.
+				return dropStaleHello
 			}
 			clear(s.progress(i, len(t.doors)))
 			s.slot(i).npending = 0
@@ -3241,8 +3245,8 @@ func (t *tracker) hello(from netip.AddrPort, local netip.Addr, h *hello, k *user
 		}
 		switch {
 		case victim.key == key && victim.state.issued != 0 && bytes.Equal(victim.state.nonceC[:], h.nonceC):
-		case victim.key == key && victim.state.issued != 0 && h.unixMilli <= victim.state.hello:
-			return dropStaleHello
+		case victim.key == key && victim.state.issued != 0 && h.unixMilli <= victim.state.hello && bytes.Equal(victim.state.keyID[:], k.id[:]):
+			return dropStaleHello // only a knock moves a challenge to a client record: no attempt here has knocked
 		default:
 			*victim = challenge{key: key}
 		}
@@ -3638,7 +3642,7 @@ var rejectHints = [nDropReasons]string{
 	dropNoChallenge:     "no challenge for this address and key: the hello was lost or expired, the attempt is over, or the knock comes from another address than its hello",
 	dropPosition:        "the token names a position that is not this port in any door: the client knocks another sequence",
 	dropReplay:          "this position was knocked already in this attempt: a retransmission or a replay",
-	dropStaleHello:      "a hello no later than the one this address's attempt began with: a replay, or another client behind the same address (a NAT) whose clock is behind; a new attempt can begin once that one ends or is older than --max-skew",
+	dropStaleHello:      "a hello no later than the one this address's attempt began with (same key, or an attempt that has knocked): a replay, or a client behind the same address (a NAT) whose clock is behind; a new attempt can begin once that one ends or is older than --max-skew",
 }
 
 func (r *rejectLog) record(k *knock, why dropReason, payload []byte) {

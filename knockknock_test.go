@@ -773,6 +773,55 @@ func TestEventQueueIsFairUnderOverload(t *testing.T) {
 	}
 }
 
+// Another key's hello dated ahead, sent from a client's address, does not hold that address
+// off until its date: a hello with the client's own key replaces an attempt that has not knocked,
+// both while it is only a challenge and once it is a client record. Once the attempt has knocked,
+// an older hello of another key is stale.
+func TestHelloOfAnotherKeyDatedAheadDoesNotLockOut(t *testing.T) {
+	c := testConfig(1000, 2000, 3000)
+	alice := newUserKey("alice", []byte("alice-key-0123456789abcdef0123456789"))
+	mallory := newUserKey("mallory", []byte("mallory-key-0123456789abcdef01234567"))
+	c.keys = &keyring{byID: map[[keyIDLen]byte]*userKey{alice.id: alice, mallory.id: mallory}}
+	tr, _ := newTestTracker(c)
+	m := newMACScratch()
+	from := netip.MustParseAddrPort("192.0.2.1:40000")
+	now := time.Now()
+	nonce := byte(0)
+	hello := func(key *userKey, at time.Time) (dropReason, []byte) {
+		nonce++
+		var b, reply [wireLen]byte
+		encodeHello(b[:], m, key, 1000, at.UnixMilli(), bytes.Repeat([]byte{nonce}, nonceLen))
+		h, k, why := decodeHello(b[:], m, c.keys, 1000)
+		if why != dropNone {
+			t.Fatal(why)
+		}
+		why = tr.hello(from, netip.Addr{}, &h, k, now.UnixNano(), reply[:], m)
+		return why, reply[:]
+	}
+	if why, _ := hello(mallory, now.Add(28*time.Second)); why != dropNone {
+		t.Fatalf("mallory's hello: %v", why)
+	}
+	why, reply := hello(alice, now)
+	if why != dropNone {
+		t.Fatalf("alice's hello after mallory's, dated ahead, from her address: %v, want a challenge", why)
+	}
+	chal, ok := decodeChallenge(reply, m, &alice.mac, bytes.Repeat([]byte{nonce}, nonceLen))
+	if !ok {
+		t.Fatal("alice's challenge does not verify")
+	}
+	// Alice knocks: her attempt is now a client record that has knocked.
+	var b [wireLen]byte
+	encodeKnock(b[:], m, alice, 0, 1000, chal.nonceS, from.Addr())
+	tok, _ := decodeKnock(b[:])
+	k := knock{from: keyOf(from.Addr()), srcPort: from.Port(), port: up(1000), ts: now.UnixNano()}
+	if why := tr.authKnock(&k, &tok, m, newOutbox(1)); why != dropNone {
+		t.Fatalf("alice's first knock: %v", why)
+	}
+	if why, _ := hello(mallory, now.Add(-time.Second)); why != dropStaleHello {
+		t.Fatalf("an older hello of another key against an attempt that has knocked: %v, want stale_hello", why)
+	}
+}
+
 // An attempt is restarted only by a later hello: a captured hello sent again cannot reset it.
 func TestHelloOnlyALaterOneRestartsAnAttempt(t *testing.T) {
 	c := testConfig(1000, 2000, 3000)
