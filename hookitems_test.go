@@ -603,3 +603,14 @@ func TestLuaMathRandom(t *testing.T) {
 		t.Fatalf("after math.random(0) the hook's globals are gone: kept = %v", got)
 	}
 }
+
+// io.popen is refused: a read from it blocks in Go, out of the hook timeout's reach.
+func TestE2EHookIOPopenIsAnError(t *testing.T) {
+	hook := filepath.Join(t.TempDir(), "popen.lua")
+	os.WriteFile(hook, []byte("local f = io.popen('sleep 8')\nfunction on_unlock(ev) end\n"), 0o644)
+	_, stderr, code := runKK(t, "check", "--hook", hook)
+	want := fmt.Sprintf("knockknock: hook %s: %s:1: io.popen is not available in a hook: use knock.exec, which the hook timeout can cancel\n", hook, hook)
+	if code != 2 || stderr != want {
+		t.Fatalf("exit %d, stderr %q; want 2 and %q", code, stderr, want)
+	}
+}

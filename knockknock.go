@@ -5881,6 +5881,14 @@ func (h *hookRuntime) installModule(hook *luaHook) {
 			return 0
 		}))
 	}
+	if ioTable, ok := L.GetGlobal("io").(*lua.LTable); ok {
+		// A program read through io.popen is out of the hook timeout's reach (a read that
+		// blocks in Go cannot be cancelled): knock.exec runs one under it.
+		ioTable.RawSetString("popen", L.NewFunction(func(L *lua.LState) int {
+			L.RaiseError("io.popen is not available in a hook: use knock.exec, which the hook timeout can cancel")
+			return 0
+		}))
+	}
 	if mathTable, ok := L.GetGlobal("math").(*lua.LTable); ok {
 		mathTable.RawSetString("random", L.NewFunction(luaMathRandom))
 	}
@@ -6204,6 +6212,12 @@ func (h *hookRuntime) luaAfter(hook *luaHook, L *lua.LState) int {
 	}
 	if h.stopping {
 		h.log.Warn("knock.after at shutdown: the callback will not run", "event", "shutdown", "seconds", secs)
+		return 0
+	}
+	if slices.Contains(h.retired, hook) {
+		// A hook a reload replaced only finishes what it had pending: a periodic job that
+		// schedules itself again would run every old version of the hook side by side.
+		h.log.Warn("knock.after from a hook a reload replaced: the callback will not run", "event", "hook_reload", "seconds", secs)
 		return 0
 	}
 	d := time.Duration(secs * float64(time.Second))

@@ -555,3 +555,39 @@ func TestCallAfterACancelledCallKeepsItsTimeout(t *testing.T) {
 	}
 	h.closeAll()
 }
+
+// A periodic job (a knock.after callback that schedules itself again) runs in the newest hook
+// only: the version a reload replaced finishes its pending callback, and schedules no more.
+func TestE2EReloadStopsTheOldPeriodicJob(t *testing.T) {
+	hook := filepath.Join(t.TempDir(), "tick.lua")
+	os.WriteFile(hook, []byte(`
+local gen = tostring(math.random(1, 1000000000))
+local function tick()
+  knock.log("tick", { gen = gen })
+  knock.after(0.1, tick)
+end
+function on_start() tick() end
+function on_unlock(ev) end
+`), 0o644)
+	ports := []uint16{freePort(t), freePort(t), freePort(t)}
+	p := startServer(t, "-p", portList(ports), "--hook", hook)
+	for i := range 2 {
+		p.cmd.Process.Signal(syscall.SIGHUP)
+		waitFor(t, "the reload", func() bool { return strings.Count(p.stderr.String(), `msg="hook reloaded"`) == i+1 })
+	}
+	time.Sleep(300 * time.Millisecond)
+	from := len(p.stderr.String())
+	time.Sleep(time.Second)
+	gens := map[string]bool{}
+	for _, l := range strings.Split(p.stderr.String()[from:], "\n") {
+		if strings.Contains(l, "msg=tick") {
+			gens[fields(l)["gen"]] = true
+		}
+	}
+	if len(gens) != 1 {
+		t.Fatalf("after two reloads %d versions of the hook tick (want 1): %v\n%s", len(gens), gens, p.stderr.String())
+	}
+	if !strings.Contains(p.stderr.String(), `msg="knock.after from a hook a reload replaced: the callback will not run"`) {
+		t.Errorf("the old job's end is not logged:\n%s", p.stderr.String())
+	}
+}
