@@ -6640,6 +6640,15 @@ type limitedConn struct {
 	l     *limitListener
 	state http.ConnState // guarded by l.mu
 	since time.Time      // when it entered state
+	began atomic.Bool    // it has sent a byte: a request under way, even before its headers end
+}
+
+func (c *limitedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.began.Store(true)
+	}
+	return n, err
 }
 
 func newLimitListener(ln net.Listener, allow *allowList) *limitListener {
@@ -6695,11 +6704,26 @@ func (l *limitListener) admit(conn net.Conn, group [8]byte) *limitedConn {
 // whether there was one. It holds l.mu: the connection is forgotten here and closed aside.
 func (l *limitListener) closeIdle(group [8]byte, sameGroup bool) bool {
 	var victim *limitedConn
+	victimRank := 2
 	now := time.Now()
 	for c := range l.conns {
-		idle := c.state == http.StateIdle || c.state == http.StateNew && (sameGroup || now.Sub(c.since) > time.Second)
-		if idle && (!sameGroup || c.group == group) && (victim == nil || c.since.Before(victim.since)) {
-			victim = c
+		if sameGroup && c.group != group {
+			continue
+		}
+		// Rank 0: between requests, or silent; rank 1, only when there is no rank 0: still
+		// sending its request's headers (so a slow sender cannot hold a slot against a flood).
+		rank := 2
+		switch {
+		case c.state == http.StateIdle:
+			rank = 0
+		case c.state == http.StateNew && (sameGroup || now.Sub(c.since) > time.Second):
+			rank = 0
+			if c.began.Load() {
+				rank = 1
+			}
+		}
+		if rank < victimRank || rank == victimRank && rank < 2 && c.since.Before(victim.since) {
+			victim, victimRank = c, rank
 		}
 	}
 	if victim == nil {

@@ -190,6 +190,39 @@ func TestServicePerPrefixLimitMakesRoom(t *testing.T) {
 	}
 }
 
+// A client still sending its request's headers is not the one that makes room while silent
+// connections from its prefix are there: 8 silent connections after it take turns, and it is
+// served when it finishes.
+func TestServicePerPrefixLimitSparesARequestUnderWay(t *testing.T) {
+	port := freePort(t)
+	s := mustLuaServer(t, unlockStub+fmt.Sprintf(`assert(knock.serve{port=%d, proto="tcp"})`, port), nil)
+	slow, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	fmt.Fprintf(slow, "GET / HTTP/1.1\r\nHost: x\r\n")
+	time.Sleep(100 * time.Millisecond) // read by the server: the request is under way
+	for range serviceMaxPerClient + 4 {
+		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		time.Sleep(20 * time.Millisecond)
+	}
+	fmt.Fprintf(slow, "\r\n")
+	slow.SetReadDeadline(time.Now().Add(3 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(slow), nil)
+	if err != nil {
+		t.Fatalf("the request under way was closed by silent connections from its prefix: %v\n%s", err, s.logs)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+}
+
 // grantKey is the i-th of many distinct client addresses.
 func grantKey(i int) addrKey {
 	return keyOf(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
