@@ -4927,8 +4927,10 @@ type hookRuntime struct {
 	topLevel   bool             // a hook's top level is running (load)
 	exit       func(why string) // ends the process when a call is stuck (see stuck); set by main
 	hook       *luaHook
-	retired    []*luaHook // replaced by a reload, kept until their pending callbacks have run
-	stopping   bool       // shutdown has begun: knock.after schedules nothing more
+	retired    []*luaHook   // replaced by a reload, kept until their pending callbacks have run
+	stopping   bool         // shutdown has begun: knock.after schedules nothing more
+	quitAt     atomic.Int64 // when stop was called (unix ns); 0 before
+	unhandled  int          // events of a batch under way left at the end of the shutdown grace
 	queue      *eventQueue
 	afters     chan *afterCall
 	pending    afterHeap    // every hook's pending knock.after callbacks, at most maxAfters
@@ -5296,6 +5298,11 @@ func (h *hookRuntime) wait(block bool) bool {
 func (h *hookRuntime) handleBatch() {
 	h.confirms = h.confirms[:0]
 	for i := range h.batch {
+		if h.pastGrace() {
+			h.unhandled += len(h.batch) - i
+			h.batch = h.batch[:i]
+			break
+		}
 		e := &h.batch[i]
 		ok := h.dispatch(e)
 		if e.kind == eventUnlock && e.conf != nil {
@@ -5334,15 +5341,14 @@ func (h *hookRuntime) confirm(e *event, status byte) {
 
 // drain gives the events already queued a moment to be handled at shutdown.
 func (h *hookRuntime) drain() {
-	deadline := time.Now().Add(shutdownGrace)
-	for time.Now().Before(deadline) {
+	for !h.pastGrace() {
 		h.batch = h.queue.pop(h.batch[:0], batchMax)
 		if len(h.batch) == 0 {
-			return
+			break
 		}
 		h.handleBatch()
 	}
-	if n := h.queue.length(); n > 0 {
+	if n := h.unhandled + h.queue.length(); n > 0 {
 		h.log.Warn("shutdown: queued hook events not handled", "event", "shutdown", "count", n)
 	}
 }
@@ -5419,8 +5425,16 @@ func (h *hookRuntime) runOverdue() {
 }
 
 func (h *hookRuntime) stop() {
+	h.quitAt.Store(time.Now().UnixNano())
 	close(h.quit)
 	<-h.done
+}
+
+// pastGrace reports whether shutdown began more than shutdownGrace ago: the events still queued,
+// even in the batch under way, are then left unhandled.
+func (h *hookRuntime) pastGrace() bool {
+	at := h.quitAt.Load()
+	return at != 0 && time.Now().UnixNano()-at > int64(shutdownGrace)
 }
 
 // installHook makes fresh the running hook and sets what derives from it: the tracker reports

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -589,5 +591,40 @@ function on_unlock(ev) end
 	}
 	if !strings.Contains(p.stderr.String(), `msg="knock.after from a hook a reload replaced: the callback will not run"`) {
 		t.Errorf("the old job's end is not logged:\n%s", p.stderr.String())
+	}
+}
+
+// The shutdown grace bounds the batch under way too: with 200 knock events of 20 ms each queued
+// (4 s of work, one batch), SIGTERM ends the server about shutdownGrace later, saying how many
+// events were left.
+func TestE2EShutdownGraceCoversTheBatchUnderWay(t *testing.T) {
+	hook := filepath.Join(t.TempDir(), "busy.lua")
+	os.WriteFile(hook, []byte(`
+function on_knock(ev) local t = os.clock() while os.clock() - t < 0.02 do end end
+function on_unlock(ev) end
+`), 0o644)
+	ports := []uint16{freePort(t), freePort(t), freePort(t)}
+	p := startServer(t, "-p", portList(ports), "--hook", hook)
+	for i := range 200 {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 1, byte(i+1))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.WriteToUDPAddrPort(nil, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), ports[0]))
+		c.Close()
+	}
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(shutdownGrace + 3*time.Second):
+		t.Fatalf("still running %v after SIGTERM", shutdownGrace+3*time.Second)
+	}
+	if took := time.Since(start); took > shutdownGrace+time.Second {
+		t.Errorf("stopped %v after SIGTERM, want about %v", took, shutdownGrace)
+	}
+	if !strings.Contains(p.stderr.String(), `msg="shutdown: queued hook events not handled" event=shutdown count=`) {
+		t.Errorf("the events left are not logged:\n%s", p.stderr.String())
 	}
 }
