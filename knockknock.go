@@ -5130,7 +5130,7 @@ type callTimer struct {
 	mu        sync.Mutex
 	ctx       context.Context
 	cancel    context.CancelFunc
-	deadline  atomic.Int64 // of the call running now (unix ns); 0 when none
+	deadline  atomic.Int64 // of the call running now (monoNow); 0 when none
 	cancelled int64        // the deadline of a call cancelled that has not returned yet
 	armed     bool
 	timer     *time.Timer
@@ -5151,8 +5151,14 @@ func newCallTimer(stuck func()) *callTimer {
 	return t
 }
 
+// monoNow is nanoseconds on the monotonic clock (since the program started, plus one so that it
+// is never 0): a hook's deadline must not move when the wall clock is set.
+func monoNow() int64 { return int64(time.Since(monoStart)) + 1 }
+
+var monoStart = time.Now()
+
 func (t *callTimer) begin(timeout time.Duration) context.Context {
-	deadline := time.Now().Add(timeout).UnixNano()
+	deadline := monoNow() + int64(timeout)
 	t.mu.Lock()
 	if t.ctx.Err() != nil {
 		t.ctx, t.cancel = context.WithCancel(context.Background())
@@ -5177,7 +5183,7 @@ func (t *callTimer) expire() {
 	t.mu.Lock()
 	d := t.deadline.Load()
 	stuck := false
-	switch now := time.Now().UnixNano(); {
+	switch now := monoNow(); {
 	case d == 0:
 		t.armed, t.cancelled = false, 0
 	case d == t.cancelled: // cancelled stuckGrace ago, and still running
