@@ -586,6 +586,10 @@ func TestLuaMathRandom(t *testing.T) {
 		{`math.random(0)`, "bad argument #1 to random (interval is empty)"},
 		{`math.random(3, 1)`, "bad argument #2 to random (interval is empty)"},
 		{`math.random(1, 2^60)`, "bad argument #2 to random (interval is too large)"},
+		{`math.random(-2^63, 2^63)`, "bad argument #1 to random (interval is too large)"},
+		{`math.random(1e300)`, "bad argument #1 to random (interval is too large)"},
+		{`math.random(0/0)`, "bad argument #1 to random (interval is too large)"},
+		{`for _ = 1, 100 do local x = math.random(2.7); assert(x == 1 or x == 2) end`, ""},
 		{`math.random(1, 2, 3)`, "wrong number of arguments to 'random'"},
 		{`math.random("x")`, "bad argument #1 to random (number expected, got string)"},
 	} {

@@ -5925,9 +5925,16 @@ func luaMathRandom(L *lua.LState) int {
 	default:
 		L.RaiseError("wrong number of arguments to 'random'")
 	}
-	lo, hi := int64(1), int64(L.CheckNumber(1))
+	arg := func(n int) int64 {
+		f := math.Floor(float64(L.CheckNumber(n)))
+		if !(f >= -(1<<53) && f <= 1<<53) { // NaN too
+			L.ArgError(n, "interval is too large")
+		}
+		return int64(f)
+	}
+	lo, hi := int64(1), arg(1)
 	if L.GetTop() == 2 {
-		lo, hi = hi, int64(L.CheckNumber(2))
+		lo, hi = hi, arg(2)
 	}
 	if lo > hi {
 		L.ArgError(L.GetTop(), "interval is empty")
