@@ -7818,6 +7818,7 @@ func notifyReady(log *slog.Logger) {
 	if path == "" {
 		return
 	}
+	os.Unsetenv("NOTIFY_SOCKET") // the programs hooks run are not the service
 	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err == nil {
 		_, err = c.Write([]byte("READY=1"))
