@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -417,15 +416,7 @@ func udpAsk(t *testing.T, port uint16) string {
 
 func udpAskTimeout(t *testing.T, port uint16, wait time.Duration) string {
 	t.Helper()
-	conn, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.Write([]byte("hello"))
-	conn.SetReadDeadline(time.Now().Add(wait))
-	line, _ := bufio.NewReader(conn).ReadString('\n')
-	return line
+	return askFrom(t, "127.0.0.1", port, wait)
 }
 
 func portFree(port uint16) bool {
