@@ -773,6 +773,20 @@ func TestEventQueueIsFairUnderOverload(t *testing.T) {
 	}
 }
 
+// sendHello hands tr, at now, a hello to port 1000 from from, made with key, dated at, its nonce
+// made of the byte nonce; it returns the tracker's verdict and the reply (a challenge) it wrote.
+func sendHello(t *testing.T, tr *tracker, keys *keyring, m *macScratch, from netip.AddrPort, key *userKey, at, now time.Time, nonce byte) (dropReason, []byte) {
+	t.Helper()
+	var b, reply [wireLen]byte
+	encodeHello(b[:], m, key, 1000, at.UnixMilli(), bytes.Repeat([]byte{nonce}, nonceLen))
+	h, k, why := decodeHello(b[:], m, keys, 1000)
+	if why != dropNone {
+		t.Fatal(why)
+	}
+	why = tr.hello(from, netip.Addr{}, &h, k, now.UnixNano(), reply[:], m)
+	return why, reply[:]
+}
+
 // Another key's hello dated ahead, sent from a client's address, does not hold that address
 // off until its date: a hello with the client's own key replaces an attempt that has not knocked,
 // both while it is only a challenge and once it is a client record. Once the attempt has knocked,
@@ -789,14 +803,7 @@ func TestHelloOfAnotherKeyDatedAheadDoesNotLockOut(t *testing.T) {
 	nonce := byte(0)
 	hello := func(key *userKey, at time.Time) (dropReason, []byte) {
 		nonce++
-		var b, reply [wireLen]byte
-		encodeHello(b[:], m, key, 1000, at.UnixMilli(), bytes.Repeat([]byte{nonce}, nonceLen))
-		h, k, why := decodeHello(b[:], m, c.keys, 1000)
-		if why != dropNone {
-			t.Fatal(why)
-		}
-		why = tr.hello(from, netip.Addr{}, &h, k, now.UnixNano(), reply[:], m)
-		return why, reply[:]
+		return sendHello(t, tr, c.keys, m, from, key, at, now, nonce)
 	}
 	if why, _ := hello(mallory, now.Add(28*time.Second)); why != dropNone {
 		t.Fatalf("mallory's hello: %v", why)
@@ -832,14 +839,7 @@ func TestHelloOnlyALaterOneRestartsAnAttempt(t *testing.T) {
 	from := netip.MustParseAddrPort("192.0.2.1:40000")
 	now := time.Now()
 	hello := func(at time.Time, nonce byte) (dropReason, []byte) {
-		var b, reply [wireLen]byte
-		encodeHello(b[:], m, alice, 1000, at.UnixMilli(), bytes.Repeat([]byte{nonce}, nonceLen))
-		h, k, why := decodeHello(b[:], m, c.keys, 1000)
-		if why != dropNone {
-			t.Fatal(why)
-		}
-		why = tr.hello(from, netip.Addr{}, &h, k, now.UnixNano(), reply[:], m)
-		return why, reply[:]
+		return sendHello(t, tr, c.keys, m, from, alice, at, now, nonce)
 	}
 	_, old := hello(now.Add(-time.Second), 1)
 	why, first := hello(now, 2)
