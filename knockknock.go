@@ -3035,15 +3035,6 @@ func (r *keyring) lookup(id []byte) *userKey {
 	return r.byID[[keyIDLen]byte(id)]
 }
 
-func (r *keyring) users() []string {
-	var names []string
-	for _, k := range r.byID {
-		names = append(names, k.name)
-	}
-	sort.Strings(names)
-	return names
-}
-
 // ---------------------------------------------------------------------------------------------
 // Encoding and decoding: pure functions of their arguments.
 
