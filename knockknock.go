@@ -3615,10 +3615,12 @@ func (in *intake) accept(k *knock, payload []byte, sc *scratch) int {
 // rejectLog logs, with -v, each authenticated datagram the intake rejects and why: at most
 // rejectLogsPerSecond lines a second, the rest counted in one line. Reader goroutines share it.
 type rejectLog struct {
-	mu         sync.Mutex
-	log        *slog.Logger
-	second     int64
-	used, held int
+	log   *slog.Logger
+	limit rateLimit
+}
+
+func newRejectLog(log *slog.Logger) *rejectLog {
+	return &rejectLog{log: log, limit: rateLimit{log: log, what: "rejected datagrams", perSecond: rejectLogsPerSecond}}
 }
 
 const rejectLogsPerSecond = 200
@@ -3637,23 +3639,7 @@ var rejectHints = [nDropReasons]string{
 }
 
 func (r *rejectLog) record(k *knock, why dropReason, payload []byte) {
-	now := time.Now()
-	r.mu.Lock()
-	held := 0
-	if sec := now.Unix(); sec != r.second {
-		held, r.second, r.used, r.held = r.held, sec, 0, 0
-	}
-	ok := r.used < rejectLogsPerSecond
-	if ok {
-		r.used++
-	} else {
-		r.held++
-	}
-	r.mu.Unlock()
-	if held > 0 {
-		r.log.Warn("rejected datagrams not logged: over the rate limit", "event", "overload", "count", held, "limit_per_second", rejectLogsPerSecond)
-	}
-	if !ok {
+	if !r.limit.allow(time.Now()) {
 		return
 	}
 	attrs := []any{"event", "reject", "ip", k.from.addr().String(), "port", int(k.port.port), "reason", why.String()}
@@ -4384,7 +4370,7 @@ func newServer(cfg *config, log *slog.Logger, proto *lua.FunctionProto) *server 
 	s.hooks.tracker = s.tracker
 	s.intake = newIntake(cfg, s.tracker)
 	if cfg.verbose && cfg.keys != nil {
-		s.intake.rejects = &rejectLog{log: log}
+		s.intake.rejects = newRejectLog(log)
 	}
 	return s
 }
@@ -4969,7 +4955,7 @@ func newHookRuntime(cfg *config, log *slog.Logger, proto *lua.FunctionProto, fx 
 		reloads:   make(chan chan error),
 		quit:      make(chan struct{}),
 		done:      make(chan struct{}),
-		failLog:   rateLimit{log: log},
+		failLog:   rateLimit{log: log, what: "knock failures", perSecond: failLogsPerSecond},
 		batch:     make([]event, 0, batchMax),
 		mac:       newMACScratch(),
 	}
@@ -5770,27 +5756,36 @@ func (h *hookRuntime) requestReload() error {
 
 // rateLimit allows failLogsPerSecond lines a second and reports how many it held back.
 type rateLimit struct {
+	log        *slog.Logger
+	what       string // what it holds back, for the line that counts them
+	perSecond  int
+	mu         sync.Mutex // allow may be called from several goroutines
 	second     int64
 	used       int
 	suppressed int
-	log        *slog.Logger
 }
 
 const failLogsPerSecond = 200
 
+// allow reports whether one more line may be logged now; the first call in a new second first
+// logs how many the last one held back.
 func (r *rateLimit) allow(now time.Time) bool {
+	r.mu.Lock()
+	held := 0
 	if sec := now.Unix(); sec != r.second {
-		if r.suppressed > 0 {
-			r.log.Warn("knock failures not logged: over the rate limit", "event", "overload", "count", r.suppressed, "limit_per_second", failLogsPerSecond)
-		}
-		r.second, r.used, r.suppressed = sec, 0, 0
+		held, r.second, r.used, r.suppressed = r.suppressed, sec, 0, 0
 	}
-	if r.used < failLogsPerSecond {
+	ok := r.used < r.perSecond
+	if ok {
 		r.used++
-		return true
+	} else {
+		r.suppressed++
 	}
-	r.suppressed++
-	return false
+	r.mu.Unlock()
+	if held > 0 {
+		r.log.Warn(r.what+" not logged: over the rate limit", "event", "overload", "count", held, "limit_per_second", r.perSecond)
+	}
+	return ok
 }
 
 // latencyHistogram counts durations in buckets a quarter of a power of two wide, so a quantile

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"log/slog"
 	"math"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -897,5 +899,30 @@ func TestPublicAddresses(t *testing.T) {
 		if got := public(netip.MustParseAddr(addr)); got != want {
 			t.Errorf("public(%s) = %v, want %v", addr, got, want)
 		}
+	}
+}
+
+// rateLimit lets perSecond lines through in a second and, at the first call of a later second,
+// logs how many it held back.
+func TestRateLimit(t *testing.T) {
+	logs := &syncBuffer{}
+	r := rateLimit{log: slog.New(slog.NewTextHandler(logs, nil)), what: "knock failures", perSecond: 3}
+	t0 := time.Unix(1000, 0)
+	var got []bool
+	for range 5 {
+		got = append(got, r.allow(t0))
+	}
+	if want := []bool{true, true, true, false, false}; !slices.Equal(got, want) {
+		t.Fatalf("in one second: %v, want %v", got, want)
+	}
+	if logs.String() != "" {
+		t.Fatalf("logged before the second ended: %s", logs)
+	}
+	if !r.allow(t0.Add(time.Second)) {
+		t.Fatal("the next second starts afresh")
+	}
+	const want = `level=WARN msg="knock failures not logged: over the rate limit" event=overload count=2 limit_per_second=3`
+	if !strings.Contains(logs.String(), want) {
+		t.Fatalf("logged %q, want %q", logs, want)
 	}
 }
