@@ -2703,7 +2703,7 @@ func (t *tracker) sweep(now int64) {
 			if c.npending > 0 {
 				t.settle(s, j, now-reorderWindow, out)
 			}
-			if c.npending == 0 && t.idle(c, s.progress(j, len(t.doors)), now) {
+			if c.npending == 0 && t.idle(c, s.progress(j, len(t.doors)), now) && !t.challenged(s, j, now) {
 				s.remove(j)
 			}
 			j = next
@@ -2740,6 +2740,17 @@ func (t *tracker) idle(c *client, ps []progress, now int64) bool {
 	}
 	last, _ := lastSettled(ps)
 	return now-last > int64(time.Second)
+}
+
+// challenged reports whether a client record holds a challenge still in force: a hello from
+// an address with a record (an attempt just over, say) puts its challenge there, and forgetting
+// the record would drop the challenge between the hello and its knocks.
+func (t *tracker) challenged(s *shard, i int32, now int64) bool {
+	if !t.auth {
+		return false
+	}
+	a := s.authOf(i)
+	return a.issued != 0 && now-a.issued <= t.maxGap+t.maxSkew
 }
 
 // lastSettled is a client's last settled knock that some door counted or refused: every door

@@ -873,6 +873,51 @@ func TestHelloOnlyALaterOneRestartsAnAttempt(t *testing.T) {
 	}
 }
 
+// A client's second attempt, begun right after its first unlocked: the hello puts the new
+// challenge in the client record the first attempt left, and the tracker's sweep must not forget
+// that record (its progress is over, so it looks idle) between the hello and the knocks. Found
+// by knocking 200 times in a row: one attempt in about 200 had its three knocks dropped as
+// no_challenge.
+func TestSweepKeepsAChallengeInAClientRecord(t *testing.T) {
+	c := testConfig(1000, 2000, 3000)
+	alice := newUserKey("alice", []byte("alice-key-0123456789abcdef0123456789"))
+	c.keys = &keyring{byID: map[[keyIDLen]byte]*userKey{alice.id: alice}}
+	tr, rec := newTestTracker(c)
+	m := newMACScratch()
+	from := netip.MustParseAddrPort("192.0.2.1:40000")
+	start := time.Now()
+	at := func(d time.Duration) time.Time { return start.Add(d) }
+	attempt := func(nonce byte, hello, knocks time.Duration) []dropReason {
+		why, reply := sendHello(t, tr, c.keys, m, from, alice, at(hello), at(hello), nonce)
+		chal, ok := decodeChallenge(reply, m, &alice.mac, bytes.Repeat([]byte{nonce}, nonceLen))
+		if why != dropNone || !ok {
+			t.Fatalf("hello %d: %v, challenge ok %v", nonce, why, ok)
+		}
+		tr.sweep(at(hello + time.Millisecond).UnixNano())
+		var whys []dropReason
+		for pos, port := range []uint16{1000, 2000, 3000} {
+			var b [wireLen]byte
+			encodeKnock(b[:], m, alice, pos, port, chal.nonceS, from.Addr())
+			tok, _ := decodeKnock(b[:])
+			k := knock{from: keyOf(from.Addr()), srcPort: from.Port(), port: up(port), ts: at(knocks + time.Duration(pos)*time.Millisecond).UnixNano()}
+			whys = append(whys, tr.authKnock(&k, &tok, m, newOutbox(1)))
+		}
+		return whys
+	}
+	for i, a := range []struct{ hello, knocks time.Duration }{
+		{0, 10 * time.Millisecond},                             // a challenge in the compact table
+		{20 * time.Millisecond, 30 * time.Millisecond},         // in the record the first attempt left
+		{3 * time.Second, 3*time.Second + 10*time.Millisecond}, // the record swept long before
+	} {
+		if whys := attempt(byte(i+1), a.hello, a.knocks); !slices.Equal(whys, []dropReason{dropNone, dropNone, dropNone}) {
+			t.Fatalf("attempt %d: knocks dropped as %v", i+1, whys)
+		}
+		if got := rec.unlocked("192.0.2.1"); got != i+1 {
+			t.Fatalf("attempt %d: %d unlocks, want %d", i+1, got, i+1)
+		}
+	}
+}
+
 func TestWirePaddingMustBeZero(t *testing.T) {
 	k := newUserKey("", []byte("padding-key-0123456789abcdef0123456789"))
 	m := newMACScratch()
