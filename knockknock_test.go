@@ -789,6 +789,25 @@ func sendHello(t *testing.T, tr *tracker, keys *keyring, m *macScratch, from net
 	return why, reply[:]
 }
 
+// sendKnock hands tr the authenticated knock at position pos on port, made with key against
+// the challenge's server nonce, from from, received at; it returns the tracker's verdict.
+func sendKnock(tr *tracker, m *macScratch, from netip.AddrPort, key *userKey, nonceS []byte, pos int, port uint16, at time.Time) dropReason {
+	var b [wireLen]byte
+	encodeKnock(b[:], m, key, pos, port, nonceS, from.Addr())
+	tok, _ := decodeKnock(b[:])
+	k := knock{from: keyOf(from.Addr()), srcPort: from.Port(), port: up(port), ts: at.UnixNano()}
+	return tr.authKnock(&k, &tok, m, newOutbox(1))
+}
+
+// aliceTracker is a tracker for the door 1000, 2000, 3000 with one user's key, alice's.
+func aliceTracker() (*tracker, *recorder, *keyring, *userKey) {
+	c := testConfig(1000, 2000, 3000)
+	alice := newUserKey("alice", []byte("alice-key-0123456789abcdef0123456789"))
+	c.keys = &keyring{byID: map[[keyIDLen]byte]*userKey{alice.id: alice}}
+	tr, rec := newTestTracker(c)
+	return tr, rec, c.keys, alice
+}
+
 // Another key's hello dated ahead, sent from a client's address, does not hold that address
 // off until its date: a hello with the client's own key replaces an attempt that has not knocked,
 // both while it is only a challenge and once it is a client record. Once the attempt has knocked,
@@ -819,11 +838,7 @@ func TestHelloOfAnotherKeyDatedAheadDoesNotLockOut(t *testing.T) {
 		t.Fatal("alice's challenge does not verify")
 	}
 	// Alice knocks: her attempt is now a client record that has knocked.
-	var b [wireLen]byte
-	encodeKnock(b[:], m, alice, 0, 1000, chal.nonceS, from.Addr())
-	tok, _ := decodeKnock(b[:])
-	k := knock{from: keyOf(from.Addr()), srcPort: from.Port(), port: up(1000), ts: now.UnixNano()}
-	if why := tr.authKnock(&k, &tok, m, newOutbox(1)); why != dropNone {
+	if why := sendKnock(tr, m, from, alice, chal.nonceS, 0, 1000, now); why != dropNone {
 		t.Fatalf("alice's first knock: %v", why)
 	}
 	if why, _ := hello(mallory, now.Add(-time.Second)); why != dropStaleHello {
@@ -833,15 +848,12 @@ func TestHelloOfAnotherKeyDatedAheadDoesNotLockOut(t *testing.T) {
 
 // An attempt is restarted only by a later hello: a captured hello sent again cannot reset it.
 func TestHelloOnlyALaterOneRestartsAnAttempt(t *testing.T) {
-	c := testConfig(1000, 2000, 3000)
-	alice := newUserKey("alice", []byte("alice-key-0123456789abcdef0123456789"))
-	c.keys = &keyring{byID: map[[keyIDLen]byte]*userKey{alice.id: alice}}
-	tr, rec := newTestTracker(c)
+	tr, rec, keys, alice := aliceTracker()
 	m := newMACScratch()
 	from := netip.MustParseAddrPort("192.0.2.1:40000")
 	now := time.Now()
 	hello := func(at time.Time, nonce byte) (dropReason, []byte) {
-		return sendHello(t, tr, c.keys, m, from, alice, at, now, nonce)
+		return sendHello(t, tr, keys, m, from, alice, at, now, nonce)
 	}
 	_, old := hello(now.Add(-time.Second), 1)
 	why, first := hello(now, 2)
@@ -850,11 +862,7 @@ func TestHelloOnlyALaterOneRestartsAnAttempt(t *testing.T) {
 		t.Fatalf("a later hello: %v, challenge ok %v", why, ok)
 	}
 	knockAt := func(pos int, port uint16) dropReason {
-		var b [wireLen]byte
-		encodeKnock(b[:], m, alice, pos, port, chal.nonceS, from.Addr())
-		tok, _ := decodeKnock(b[:])
-		k := knock{from: keyOf(from.Addr()), srcPort: from.Port(), port: up(port), ts: time.Now().UnixNano()}
-		return tr.authKnock(&k, &tok, m, newOutbox(1))
+		return sendKnock(tr, m, from, alice, chal.nonceS, pos, port, time.Now())
 	}
 	if why := knockAt(0, 1000); why != dropNone {
 		t.Fatal(why)
@@ -879,16 +887,13 @@ func TestHelloOnlyALaterOneRestartsAnAttempt(t *testing.T) {
 // by knocking 200 times in a row: one attempt in about 200 had its three knocks dropped as
 // no_challenge.
 func TestSweepKeepsAChallengeInAClientRecord(t *testing.T) {
-	c := testConfig(1000, 2000, 3000)
-	alice := newUserKey("alice", []byte("alice-key-0123456789abcdef0123456789"))
-	c.keys = &keyring{byID: map[[keyIDLen]byte]*userKey{alice.id: alice}}
-	tr, rec := newTestTracker(c)
+	tr, rec, keys, alice := aliceTracker()
 	m := newMACScratch()
 	from := netip.MustParseAddrPort("192.0.2.1:40000")
 	start := time.Now()
 	at := func(d time.Duration) time.Time { return start.Add(d) }
 	attempt := func(nonce byte, hello, knocks time.Duration) []dropReason {
-		why, reply := sendHello(t, tr, c.keys, m, from, alice, at(hello), at(hello), nonce)
+		why, reply := sendHello(t, tr, keys, m, from, alice, at(hello), at(hello), nonce)
 		chal, ok := decodeChallenge(reply, m, &alice.mac, bytes.Repeat([]byte{nonce}, nonceLen))
 		if why != dropNone || !ok {
 			t.Fatalf("hello %d: %v, challenge ok %v", nonce, why, ok)
@@ -896,11 +901,7 @@ func TestSweepKeepsAChallengeInAClientRecord(t *testing.T) {
 		tr.sweep(at(hello + time.Millisecond).UnixNano())
 		var whys []dropReason
 		for pos, port := range []uint16{1000, 2000, 3000} {
-			var b [wireLen]byte
-			encodeKnock(b[:], m, alice, pos, port, chal.nonceS, from.Addr())
-			tok, _ := decodeKnock(b[:])
-			k := knock{from: keyOf(from.Addr()), srcPort: from.Port(), port: up(port), ts: at(knocks + time.Duration(pos)*time.Millisecond).UnixNano()}
-			whys = append(whys, tr.authKnock(&k, &tok, m, newOutbox(1)))
+			whys = append(whys, sendKnock(tr, m, from, alice, chal.nonceS, pos, port, at(knocks+time.Duration(pos)*time.Millisecond)))
 		}
 		return whys
 	}
