@@ -3756,6 +3756,84 @@ func tuneReceive(rc syscall.RawConn, family, size int) int {
 	return getSockopt(rc, solSocket, syscall.SO_RCVBUF)
 }
 
+// stampGuard keeps kernel receive times on. Linux switches them on for the whole system when
+// the first socket asks for them, a moment later, from a work queue, and off again when the
+// last socket that asked closes. Meanwhile a datagram is stamped when it is read, not when it
+// arrived, so knocks read from different sockets can come out of order: on a quiet host a
+// server would misorder the knocks of its first milliseconds, and those right after a hook
+// reopens the knock ports. The guard is a socket of its own that asks for receive times for
+// the server's whole life; at start, the server waits (at most stampWait) until a datagram the
+// guard sends itself is stamped on arrival.
+type stampGuard struct{ conn *net.UDPConn }
+
+const stampWait = time.Second
+
+func newStampGuard() (*stampGuard, error) {
+	if !linux64 {
+		return nil, nil
+	}
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		conn, err = net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	}
+	if err != nil { // no loopback address (a namespace whose lo is down): hold the stamps on, unchecked
+		if conn, err = net.ListenUDP("udp", nil); err != nil {
+			return nil, fmt.Errorf("cannot open a UDP socket: %v", syscallCause(err))
+		}
+	}
+	g := &stampGuard{conn}
+	rc, err := conn.SyscallConn()
+	if err == nil {
+		err = setSockopt(rc, solSocket, soTimestampNS, 1)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("cannot ask for kernel receive times: %v", err)
+	}
+	return g, nil
+}
+
+// wait returns once the kernel stamps datagrams on arrival, or reports false after stampWait.
+func (g *stampGuard) wait() bool {
+	if g == nil || !g.conn.LocalAddr().(*net.UDPAddr).IP.IsLoopback() {
+		return true
+	}
+	for deadline := time.Now().Add(stampWait); ; {
+		if on, sure := g.stampsOnArrival(); on || !sure {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
+// stampsOnArrival sends a datagram to the guard's socket and reads it a moment later: stamped
+// on arrival, its time is within a millisecond of the send; stamped when read, it is later.
+// sure is false when the probe itself failed.
+func (g *stampGuard) stampsOnArrival() (on, sure bool) {
+	const pause = 2 * time.Millisecond
+	sent := time.Now()
+	if _, err := g.conn.WriteToUDPAddrPort([]byte{0}, g.conn.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+		return false, false
+	}
+	time.Sleep(pause)
+	var b [1]byte
+	var oob [128]byte
+	_ = g.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	_, oobn, _, _, err := g.conn.ReadMsgUDPAddrPort(b[:], oob[:])
+	if err != nil {
+		return false, false
+	}
+	return parseControl(oob[:oobn]).ts-sent.UnixNano() < int64(pause/2), true
+}
+
+func (g *stampGuard) close() {
+	if g != nil {
+		g.conn.Close()
+	}
+}
+
 // controlData is what the kernel said about a datagram: when it arrived and where it was sent.
 type controlData struct {
 	ts int64
@@ -7732,6 +7810,16 @@ func serve(cfg *config, proto *lua.FunctionProto, log *slog.Logger, lw *logWrite
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(signals)
+	stamps, err := newStampGuard()
+	if err != nil {
+		s.hooks.closeAll()
+		return fail(err)
+	}
+	defer stamps.close()
+	if !stamps.wait() {
+		log.Warn("the kernel does not stamp datagrams on arrival: knocks are timed when read, and knocks sent together to different ports may be taken out of order",
+			"event", "start", "waited", stampWait.String())
+	}
 	if err := s.openKnockPorts(); err != nil {
 		s.hooks.closeAll()
 		return fail(err)

@@ -696,6 +696,29 @@ func TestCheckPortsRejectsAmbiguousDoors(t *testing.T) {
 	}
 }
 
+// Once the stamp guard has waited, the kernel stamps datagrams on arrival: the knocks of a
+// burst sent the moment the server is ready keep their order across sockets. (Whether the guard
+// had to wait depends on the host: another program asking for receive times keeps them on.)
+func TestStampGuardWaitsForArrivalStamps(t *testing.T) {
+	if !linux64 {
+		t.Skip("SKIP: kernel receive times are read on Linux only")
+	}
+	g, err := newStampGuard()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.close()
+	start := time.Now()
+	if !g.wait() {
+		t.Fatalf("no stamps on arrival after %v", stampWait)
+	}
+	for i := range 20 {
+		if on, sure := g.stampsOnArrival(); !on || !sure {
+			t.Fatalf("probe %d after the guard waited %v: stamped on arrival %v (probe worked %v)", i, time.Since(start), on, sure)
+		}
+	}
+}
+
 func TestParseControl(t *testing.T) {
 	if !linux64 {
 		t.Skip("SKIP: kernel receive times and destinations are read on 64-bit Linux only")
