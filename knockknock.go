@@ -2623,7 +2623,7 @@ func (t *tracker) settleOldest(s *shard, i int32, out *outbox) bool {
 // behind the ban can unlock. With out nil it replays a knock whose events were reported already.
 func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *outbox) bool {
 	ps := s.progress(i, len(t.doors))
-	stray, failed, unlocked := true, false, false
+	stray, failed, unlocked, counted := true, false, false, false
 	var failElapsed int64 // of the attempt this knock ended
 	for d := range t.doors {
 		if !t.open(d) {
@@ -2634,6 +2634,9 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		v, why := t.doors[d].apply(&ps[d], &pk)
 		if v != verdictRejected || had {
 			stray = false
+		}
+		if (v == verdictAdvanced || v == verdictUnlocked) && why == reasonNone {
+			counted = true // the right knock for this door
 		}
 		if out == nil {
 			continue
@@ -2660,12 +2663,16 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 	if stray {
 		banned = t.strayFailure(s, c.key, &pk, out)
 		failed = true
-	} else if failed && t.bans.fail(c.key, pk.ts) {
+	} else if failed && !counted && t.bans.fail(c.key, pk.ts) {
+		// A knock that is right for another door (doors that share a port) is no failed
+		// attempt of the client's: else knocking one door would ban a client in time.
 		banned = true
 		out.add(event{kind: eventFail, reason: reasonBanned, door: t.roles.of(pk.spec()).door, from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts, elapsed: failElapsed})
 	}
-	if banned || t.auth && (unlocked || failed) {
-		// The attempt is over. With keys its challenge is spent: another needs a new hello.
+	if banned || t.auth && (unlocked || failed) && !t.inProgress(ps) {
+		// The attempt is over (unless it goes on at another door, one that shares a first port
+		// or a prefix with the door it opened or failed). With keys its challenge is spent:
+		// another needs a new hello.
 		if t.auth {
 			*s.authOf(i) = authState{}
 		}
@@ -2673,6 +2680,16 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		c.npending = 0
 	}
 	return banned
+}
+
+// inProgress reports whether a client has an attempt under way on a door that can open.
+func (t *tracker) inProgress(ps []progress) bool {
+	for d := range ps {
+		if ps[d].step > 0 && t.open(d) {
+			return true
+		}
+	}
+	return false
 }
 
 // open reports whether door d can unlock: a one-time door cannot between its unlock and its
