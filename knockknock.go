@@ -1286,6 +1286,9 @@ func (k *pendingKnock) target() uint8 { return k.meta & metaTarget }
 
 func (k *pendingKnock) settled() bool { return k.meta&metaSettled != 0 }
 
+// latest is when its latest copy was received.
+func (k *pendingKnock) latest() int64 { return max(k.ts, k.later) }
+
 // mergeCopy records a duplicate received at ts, before or after this knock: the knock keeps
 // the earlier time, and remembers the latest, so that a knock that turns out to lie between
 // them can put a copy back after itself (see tracker.add).
@@ -1334,6 +1337,9 @@ func (p *pendingSlots) insert(i, n int, k pendingKnock) {
 	}
 	p.set(i, k)
 }
+
+// latest is when the latest copy of knock i was received.
+func (p *pendingSlots) latest(i int) int64 { return p.ts[i] + int64(p.later[i]) }
 
 // shift removes the first of n knocks and returns it.
 func (p *pendingSlots) shift(n int) pendingKnock {
@@ -2262,12 +2268,12 @@ func (t *tracker) addFirst(s *shard, h uint64, from addrKey, pk pendingKnock, ou
 		if tg != tag || f.key != from {
 			continue
 		}
-		if t.duplicate(&f.pk, &pk) {
-			if !f.pk.settled() {
-				f.pk.mergeCopy(pk.ts, pk.srcPort)
-			}
+		if t.duplicate(&f.pk, &pk) && !f.pk.settled() {
+			f.pk.mergeCopy(pk.ts, pk.srcPort)
 			return
 		}
+		// A copy of a settled first knock goes in a client record like a second knock: a knock
+		// between them may still come (see add).
 		reach := t.reach(f.pk, pk, out.trial)
 		i := t.newClient(s, from, reach, pk.ts, out.trial)
 		if i == noSlot {
@@ -2533,14 +2539,14 @@ func (t *tracker) add(s *shard, i int32, pk pendingKnock, out *outbox) {
 			return
 		}
 	}
-	if lastTs, lastPort := lastSettled(s.progress(i, len(t.doors))); pos == 0 && lastTs != 0 {
+	if lastTs, _ := lastSettled(s.progress(i, len(t.doors))); pos == 0 && pk.ts < lastTs {
 		// Older than a knock already settled: it comes too late to be put in its place (a
 		// sequence completed without it, or it is more than the reorder window late). In time
-		// order it was a duplicate or a knock that must not undo what is settled: drop it.
-		last := newPending(lastTs, lastPort, 0, 0, 0)
-		if pk.ts < lastTs || t.duplicate(&last, &pk) {
-			return
-		}
+		// order it was a duplicate or a knock that must not undo what is settled: drop it. A
+		// copy of the settled knock received after it waits like any knock, since one between
+		// them may still come (a port the sequence repeats, not back to back); if none does,
+		// settleOldest drops it.
+		return
 	}
 	if c.npending == pendingMax {
 		if t.settleOldest(s, i, out) {
@@ -2569,7 +2575,8 @@ func (t *tracker) add(s *shard, i int32, pk pendingKnock, out *outbox) {
 }
 
 // settle makes pending knocks final: all of them up to the first that completes a door (an
-// unlock never waits), and those received before horizon.
+// unlock never waits), and those received before horizon, every copy of them: a knock that lies
+// between a knock and its latest copy may still come, and put the copy back in its place.
 func (t *tracker) settle(s *shard, i int32, horizon int64, out *outbox) {
 	c := s.slot(i)
 	if c.npending == 0 {
@@ -2586,7 +2593,7 @@ func (t *tracker) settle(s *shard, i int32, horizon int64, out *outbox) {
 			}
 		}
 	}
-	for cut < int(c.npending) && c.pending.ts[cut] < horizon {
+	for cut < int(c.npending) && c.pending.latest(cut) < horizon {
 		cut++
 	}
 	for range cut {
@@ -2596,12 +2603,18 @@ func (t *tracker) settle(s *shard, i int32, horizon int64, out *outbox) {
 	}
 }
 
-// settleOldest applies a client's oldest pending knock to every door; it reports whether the
-// knock banned the client.
+// settleOldest applies a client's oldest pending knock to every door, unless it is a copy of the
+// knock settled last; it reports whether the knock banned the client.
 func (t *tracker) settleOldest(s *shard, i int32, out *outbox) bool {
 	c := s.slot(i)
 	pk := c.pending.shift(int(c.npending))
 	c.npending--
+	if lastTs, lastPort := lastSettled(s.progress(i, len(t.doors))); lastTs != 0 {
+		// A copy of the knock settled last, read after it was settled, with nothing between.
+		if last := newPending(lastTs, lastPort, 0, 0, 0); t.duplicate(&last, &pk) {
+			return false
+		}
+	}
 	return t.applyAll(s, i, c, pk, out)
 }
 
@@ -2610,7 +2623,7 @@ func (t *tracker) settleOldest(s *shard, i int32, out *outbox) bool {
 // behind the ban can unlock. With out nil it replays a knock whose events were reported already.
 func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *outbox) bool {
 	ps := s.progress(i, len(t.doors))
-	stray, failed, unlocked := true, false, false
+	stray, failed, unlocked, counted := true, false, false, false
 	var failElapsed int64 // of the attempt this knock ended
 	for d := range t.doors {
 		if !t.open(d) {
@@ -2621,6 +2634,9 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		v, why := t.doors[d].apply(&ps[d], &pk)
 		if v != verdictRejected || had {
 			stray = false
+		}
+		if (v == verdictAdvanced || v == verdictUnlocked) && why == reasonNone {
+			counted = true // the right knock for this door
 		}
 		if out == nil {
 			continue
@@ -2647,12 +2663,16 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 	if stray {
 		banned = t.strayFailure(s, c.key, &pk, out)
 		failed = true
-	} else if failed && t.bans.fail(c.key, pk.ts) {
+	} else if failed && !counted && t.bans.fail(c.key, pk.ts) {
+		// A knock that is right for another door (doors that share a port) is no failed
+		// attempt of the client's: else knocking one door would ban a client in time.
 		banned = true
 		out.add(event{kind: eventFail, reason: reasonBanned, door: t.roles.of(pk.spec()).door, from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts, elapsed: failElapsed})
 	}
-	if banned || t.auth && (unlocked || failed) {
-		// The attempt is over. With keys its challenge is spent: another needs a new hello.
+	if banned || t.auth && (unlocked || failed) && !t.inProgress(ps) {
+		// The attempt is over (unless it goes on at another door, one that shares a first port
+		// or a prefix with the door it opened or failed). With keys its challenge is spent:
+		// another needs a new hello.
 		if t.auth {
 			*s.authOf(i) = authState{}
 		}
@@ -2660,6 +2680,16 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		c.npending = 0
 	}
 	return banned
+}
+
+// inProgress reports whether a client has an attempt under way on a door that can open.
+func (t *tracker) inProgress(ps []progress) bool {
+	for d := range ps {
+		if ps[d].step > 0 && t.open(d) {
+			return true
+		}
+	}
+	return false
 }
 
 // open reports whether door d can unlock: a one-time door cannot between its unlock and its
@@ -2713,7 +2743,7 @@ func (t *tracker) sweep(now int64) {
 				continue
 			}
 			switch f := &s.firsts[j]; {
-			case !f.pk.settled() && f.pk.ts < now-reorderWindow:
+			case !f.pk.settled() && f.pk.latest() < now-reorderWindow:
 				t.settleFirst(s, j, out)
 			case f.pk.settled() && now-f.pk.ts > 2*t.maxGap:
 				s.clearFirst(j)
@@ -2731,7 +2761,8 @@ func (t *tracker) sweep(now int64) {
 
 // idle reports whether a client has nothing left to remember. An attempt in progress is kept for
 // twice its door's timeout, so that a late knock is still reported as a timeout rather than a
-// wrong port; a client without one only as long as a retransmission could follow.
+// wrong port; a client without one only as long as a retransmission could follow and be read
+// (a second, and the reorder window): else a late copy of its last knock is a wrong first knock.
 func (t *tracker) idle(c *client, ps []progress, now int64) bool {
 	for d := range ps {
 		if ps[d].step > 0 && now-ps[d].last <= 2*t.doors[d].timeout {
@@ -2739,7 +2770,7 @@ func (t *tracker) idle(c *client, ps []progress, now int64) bool {
 		}
 	}
 	last, _ := lastSettled(ps)
-	return now-last > int64(time.Second)
+	return now-last > int64(time.Second)+reorderWindow
 }
 
 // challenged reports whether a client record holds a challenge still in force: a hello from
