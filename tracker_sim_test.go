@@ -22,8 +22,8 @@ import (
 // FuzzTrackerAgreesWithRules checks the rules on reordered knocks; this drives the sweep, the
 // compact tables, the challenges and the client records being removed and made again.
 
-// huntEvent is one thing that happens to the tracker, at wall time at.
-type huntEvent struct {
+// simEvent is one thing that happens to the tracker, at wall time at.
+type simEvent struct {
 	at     int64
 	order  int // ties: in the order they were made
 	kind   uint8
@@ -39,26 +39,26 @@ type huntEvent struct {
 }
 
 const (
-	huntSweep uint8 = iota
-	huntHello
-	huntKnock
+	simSweep uint8 = iota
+	simHello
+	simKnock
 )
 
-type huntQueue []*huntEvent
+type simQueue []*simEvent
 
-func (q huntQueue) Len() int { return len(q) }
-func (q huntQueue) Less(i, j int) bool {
+func (q simQueue) Len() int { return len(q) }
+func (q simQueue) Less(i, j int) bool {
 	if q[i].at != q[j].at {
 		return q[i].at < q[j].at
 	}
 	return q[i].order < q[j].order
 }
-func (q huntQueue) Swap(i, j int)    { q[i], q[j] = q[j], q[i] }
-func (q *huntQueue) Push(x any)      { *q = append(*q, x.(*huntEvent)) }
-func (q *huntQueue) Pop() any        { old := *q; e := old[len(old)-1]; *q = old[:len(old)-1]; return e }
-func (q *huntQueue) add(e huntEvent) { e.order = len(*q) + int(e.at&0xffff); heap.Push(q, &e) }
+func (q simQueue) Swap(i, j int)   { q[i], q[j] = q[j], q[i] }
+func (q *simQueue) Push(x any)     { *q = append(*q, x.(*simEvent)) }
+func (q *simQueue) Pop() any       { old := *q; e := old[len(old)-1]; *q = old[:len(old)-1]; return e }
+func (q *simQueue) add(e simEvent) { e.order = len(*q) + int(e.at&0xffff); heap.Push(q, &e) }
 
-type huntClient struct {
+type simClient struct {
 	addr        netip.AddrPort
 	key         *userKey
 	doors       []int     // the door of each attempt
@@ -69,7 +69,7 @@ type huntClient struct {
 	nonceS      [][]byte
 }
 
-type huntCase struct {
+type simCase struct {
 	name     string
 	doors    []door
 	auth     bool
@@ -78,8 +78,8 @@ type huntCase struct {
 	shared   bool // doors share a first port: a knock right for one fails another, which is reported
 }
 
-// huntRun runs one seeded simulation and returns what went wrong, or "".
-func huntRun(tc huntCase, seed uint64) string {
+// simRun runs one seeded simulation and returns what went wrong, or "".
+func simRun(tc simCase, seed uint64) string {
 	rng := rand.New(rand.NewPCG(seed, 0x6b6e6f636b))
 	c := testConfig(1)
 	c.doors = tc.doors
@@ -94,8 +94,8 @@ func huntRun(tc huntCase, seed uint64) string {
 	m := newMACScratch()
 	out := newOutbox(len(tr.doors))
 	t0 := int64(1_800_000_000) * int64(time.Second)
-	var q huntQueue
-	clients := make([]*huntClient, tc.clients)
+	var q simQueue
+	clients := make([]*simClient, tc.clients)
 	byKey := map[addrKey]int{}
 	for i := range clients {
 		var a netip.Addr
@@ -104,9 +104,9 @@ func huntRun(tc huntCase, seed uint64) string {
 		} else {
 			a = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 6: byte(i >> 8), 7: byte(i), 15: 1})
 		}
-		cl := &huntClient{addr: netip.AddrPortFrom(a, uint16(40000+i))}
+		cl := &simClient{addr: netip.AddrPortFrom(a, uint16(40000+i))}
 		if tc.auth {
-			secret := fmt.Appendf(nil, "hunt-key-%04d-0123456789abcdef0123456789", i)
+			secret := fmt.Appendf(nil, "sim-key-%04d-0123456789abcdef0123456789", i)
 			cl.key = newUserKey("u"+strconv.Itoa(i), secret)
 			keys.byID[cl.key.id] = cl.key
 		}
@@ -177,7 +177,7 @@ func huntRun(tc huntCase, seed uint64) string {
 			cl.lastDeliv = max(cl.lastDeliv, at)
 			room := min(ts[pos+1]-ts[pos], retransmit)
 			copied := room > 1 && rng.IntN(6) == 0 && !tr.roles.of(p).repeatable
-			q.add(huntEvent{at: at, kind: huntKnock, cl: i, att: a, pos: pos, ts: ts[pos], final: final, copied: copied})
+			q.add(simEvent{at: at, kind: simKnock, cl: i, att: a, pos: pos, ts: ts[pos], final: final, copied: copied})
 			if copied {
 				dts := ts[pos] + 1 + rng.Int64N(room-1)
 				if rng.IntN(2) == 0 {
@@ -191,7 +191,7 @@ func huntRun(tc huntCase, seed uint64) string {
 				} else {
 					cl.lastDeliv = max(cl.lastDeliv, dat)
 				}
-				q.add(huntEvent{at: dat, kind: huntKnock, cl: i, att: a, pos: pos, ts: dts, dup: true, copied: true})
+				q.add(simEvent{at: dat, kind: simKnock, cl: i, att: a, pos: pos, ts: dts, dup: true, copied: true})
 			}
 		}
 		cl.lastTs = ts[len(seq)]
@@ -200,14 +200,14 @@ func huntRun(tc huntCase, seed uint64) string {
 	for i, cl := range clients {
 		start := t0 + rng.Int64N(int64(2*time.Second))
 		if tc.auth {
-			q.add(huntEvent{at: start, kind: huntHello, cl: i, att: 0, milli: start / int64(time.Millisecond), nonce: huntNonce(i, 0)})
+			q.add(simEvent{at: start, kind: simHello, cl: i, att: 0, milli: start / int64(time.Millisecond), nonce: simNonce(i, 0)})
 		} else {
 			cl.lastDeliv = start
 			schedule(i, 0, start)
 		}
 	}
 	for at := t0; at < t0+int64(time.Duration(tc.attempts)*8*time.Second); at += rng.Int64N(int64(300 * time.Millisecond)) {
-		q.add(huntEvent{at: at, kind: huntSweep})
+		q.add(simEvent{at: at, kind: simSweep})
 	}
 	var last int64
 	var problems []string
@@ -217,15 +217,15 @@ func huntRun(tc huntCase, seed uint64) string {
 		}
 	}
 	for q.Len() > 0 {
-		e := heap.Pop(&q).(*huntEvent)
+		e := heap.Pop(&q).(*simEvent)
 		last = max(last, e.at)
 		switch e.kind {
-		case huntSweep:
+		case simSweep:
 			tr.sweep(e.at)
-			if huntTrace >= 0 {
+			if simTrace >= 0 {
 				fmt.Printf("sweep at %v\n", time.Duration(e.at-t0))
 			}
-		case huntHello:
+		case simHello:
 			cl := clients[e.cl]
 			var b, reply [wireLen]byte
 			encodeHello(b[:], m, cl.key, 1000, e.milli, e.nonce[:])
@@ -250,7 +250,7 @@ func huntRun(tc huntCase, seed uint64) string {
 				dup.dup, dup.at = true, e.at+rng.Int64N(int64(1500*time.Millisecond))
 				q.add(dup)
 			}
-		case huntKnock:
+		case simKnock:
 			cl := clients[e.cl]
 			d := cl.doors[e.att]
 			p := tc.doors[d].seq[e.pos]
@@ -267,7 +267,7 @@ func huntRun(tc huntCase, seed uint64) string {
 			} else {
 				why = tr.knock(&k, out)
 			}
-			if e.cl == huntTrace {
+			if e.cl == simTrace {
 				fmt.Printf("knock pos %d port %v ts %v at %v dup %v final %v -> %v; events %d\n", e.pos, p, time.Duration(e.ts-t0), time.Duration(e.at-t0), e.dup, e.final, why, len(rec.events))
 			}
 			if why != dropNone && !e.copied {
@@ -277,7 +277,7 @@ func huntRun(tc huntCase, seed uint64) string {
 				next := e.at + pause()
 				if tc.auth {
 					// The client waits for the confirmation, then says hello again.
-					q.add(huntEvent{at: next, kind: huntHello, cl: e.cl, att: e.att + 1, milli: next / int64(time.Millisecond), nonce: huntNonce(e.cl, e.att+1)})
+					q.add(simEvent{at: next, kind: simHello, cl: e.cl, att: e.att + 1, milli: next / int64(time.Millisecond), nonce: simNonce(e.cl, e.att+1)})
 				} else {
 					schedule(e.cl, e.att+1, max(next-delay(), cl.lastTs))
 				}
@@ -336,67 +336,67 @@ func huntRun(tc huntCase, seed uint64) string {
 	return fmt.Sprint(problems)
 }
 
-func huntCases() []huntCase {
-	return []huntCase{
-		{name: "plain one door", doors: []door{huntDoor("a", 5*time.Second, up(1000), up(2000), up(3000))}, clients: 40, attempts: 12},
+func simCases() []simCase {
+	return []simCase{
+		{name: "plain one door", doors: []door{simDoor("a", 5*time.Second, up(1000), up(2000), up(3000))}, clients: 40, attempts: 12},
 		{name: "plain doors", doors: []door{
-			huntDoor("a", 5*time.Second, up(1000), up(2000), up(3000)),
-			huntDoor("tcp", 3*time.Second, tp(4000), up(4100), tp(4200), up(4300)),
-			huntDoor("twice", 5*time.Second, up(5000), up(5000), up(5100)),
-			huntDoor("one", 2*time.Second, up(6000)),
+			simDoor("a", 5*time.Second, up(1000), up(2000), up(3000)),
+			simDoor("tcp", 3*time.Second, tp(4000), up(4100), tp(4200), up(4300)),
+			simDoor("twice", 5*time.Second, up(5000), up(5000), up(5100)),
+			simDoor("one", 2*time.Second, up(6000)),
 		}, clients: 40, attempts: 12},
-		{name: "plain repeat apart", doors: []door{huntDoor("r", 5*time.Second, up(1000), up(2000), up(1000), up(3000))}, clients: 40, attempts: 12},
-		{name: "auth one door", auth: true, doors: []door{huntDoor("a", 5*time.Second, up(1000), up(2000), up(3000))}, clients: 40, attempts: 12},
+		{name: "plain repeat apart", doors: []door{simDoor("r", 5*time.Second, up(1000), up(2000), up(1000), up(3000))}, clients: 40, attempts: 12},
+		{name: "auth one door", auth: true, doors: []door{simDoor("a", 5*time.Second, up(1000), up(2000), up(3000))}, clients: 40, attempts: 12},
 		{name: "auth doors", auth: true, doors: []door{
-			huntDoor("a", 5*time.Second, up(1000), up(2000), up(3000)),
-			huntDoor("b", 3*time.Second, up(4000), up(4100), up(4200), up(4300), up(4400)),
-			huntDoor("one", 2*time.Second, up(6000)),
+			simDoor("a", 5*time.Second, up(1000), up(2000), up(3000)),
+			simDoor("b", 3*time.Second, up(4000), up(4100), up(4200), up(4300), up(4400)),
+			simDoor("one", 2*time.Second, up(6000)),
 		}, clients: 40, attempts: 12},
 		{name: "plain shared first port", shared: true, doors: []door{
-			huntDoor("a", 5*time.Second, up(1000), up(2000), up(3000)),
-			huntDoor("b", 4*time.Second, up(1000), up(3000), up(2000), up(4000)),
+			simDoor("a", 5*time.Second, up(1000), up(2000), up(3000)),
+			simDoor("b", 4*time.Second, up(1000), up(3000), up(2000), up(4000)),
 		}, clients: 40, attempts: 12},
 		{name: "auth shared first port", auth: true, shared: true, doors: []door{
-			huntDoor("a", 5*time.Second, up(1000), up(2000), up(3000)),
-			huntDoor("b", 4*time.Second, up(1000), up(3000), up(2000), up(4000)),
+			simDoor("a", 5*time.Second, up(1000), up(2000), up(3000)),
+			simDoor("b", 4*time.Second, up(1000), up(3000), up(2000), up(4000)),
 		}, clients: 40, attempts: 12},
 	}
 }
 
-var huntTrace = -1 // a client whose knocks to print (HUNT_TRACE)
+var simTrace = -1 // a client whose knocks to print (TRACKER_SIM_TRACE)
 
-func huntNonce(client, attempt int) (n [nonceLen]byte) {
+func simNonce(client, attempt int) (n [nonceLen]byte) {
 	binary.BigEndian.PutUint64(n[:], uint64(client))
 	binary.BigEndian.PutUint64(n[8:], uint64(attempt))
 	return n
 }
 
-func huntDoor(name string, timeout time.Duration, seq ...portSpec) door {
+func simDoor(name string, timeout time.Duration, seq ...portSpec) door {
 	return door{name: name, seq: seq, timeout: timeout, tcpFlags: defaultTCPFlags}
 }
 
 func tp(p uint16) portSpec { return portSpec{p, protoTCP} }
 
-func TestHuntTrackerLifecycle(t *testing.T) {
-	// By hand: HUNT_SEEDS=500 runs more seeds; HUNT_SEED=12 HUNT_TRACE=24 runs seed 12 alone and
+func TestTrackerSimulatedHonestClients(t *testing.T) {
+	// By hand: TRACKER_SIM_SEEDS=500 runs more seeds; TRACKER_SIM_SEED=12 TRACKER_SIM_TRACE=24 runs seed 12 alone and
 	// prints client 24's knocks and the sweeps.
 	first, seeds := uint64(0), uint64(4)
-	if s := os.Getenv("HUNT_SEEDS"); s != "" {
+	if s := os.Getenv("TRACKER_SIM_SEEDS"); s != "" {
 		seeds, _ = strconv.ParseUint(s, 10, 64)
 	}
-	if s := os.Getenv("HUNT_SEED"); s != "" {
+	if s := os.Getenv("TRACKER_SIM_SEED"); s != "" {
 		first, _ = strconv.ParseUint(s, 10, 64)
 		seeds = first + 1
 	}
-	if s := os.Getenv("HUNT_TRACE"); s != "" {
-		huntTrace, _ = strconv.Atoi(s)
-		defer func() { huntTrace = -1 }()
+	if s := os.Getenv("TRACKER_SIM_TRACE"); s != "" {
+		simTrace, _ = strconv.Atoi(s)
+		defer func() { simTrace = -1 }()
 	}
-	for _, tc := range huntCases() {
+	for _, tc := range simCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			bad := 0
 			for seed := first; seed < seeds; seed++ {
-				if msg := huntRun(tc, seed); msg != "" {
+				if msg := simRun(tc, seed); msg != "" {
 					bad++
 					if bad <= 3 {
 						t.Errorf("seed %d: %s", seed, msg)
@@ -414,9 +414,9 @@ func TestHuntTrackerLifecycle(t *testing.T) {
 // before the 2000 between them: it is merged into the first 1000 as a copy, and put back in its
 // place when the 2000 comes. A sweep between the two, once the first 1000 is past the reorder
 // window but its copy is not, must not settle the first 1000 without its copy: else the copy is
-// lost and the 3000 is a wrong port. Found by TestHuntTrackerLifecycle. With the first knock in
+// lost and the 3000 is a wrong port. Found by TestTrackerSimulatedHonestClients. With the first knock in
 // the compact table and in a client record (a second attempt right behind the first).
-func TestHuntSettleKeepsACopyWithinTheWindow(t *testing.T) {
+func TestTrackerSettleKeepsACopyWithinTheWindow(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		before bool // an attempt right before: the knocks go to a client record
@@ -460,8 +460,8 @@ func TestHuntSettleKeepsACopyWithinTheWindow(t *testing.T) {
 // (within the reorder window), after the sweep's next pass: the client's record must still be
 // there to tell it is a copy. Forgotten one second after the final knock, the copy was a first
 // knock on a wrong port: a failure (and with --ban-after, a step towards a ban) for an honest
-// client. Found by TestHuntTrackerLifecycle.
-func TestHuntSweepKeepsARecordForALateCopy(t *testing.T) {
+// client. Found by TestTrackerSimulatedHonestClients.
+func TestTrackerSweepKeepsARecordForALateCopy(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		next bool // the client's next attempt has begun when the copy is read
@@ -493,8 +493,8 @@ func TestHuntSweepKeepsARecordForALateCopy(t *testing.T) {
 // second arrives, read just before the 2000 sent before it: within a second of the first, it looks
 // like a copy of it, but a knock may still come between them (the reorder window). It must wait
 // for that, not be dropped as a copy: the rules ignore a copy anyway when it is settled. Found by
-// TestHuntTrackerLifecycle. With the first 1000 in the compact table and in a client record.
-func TestHuntACopyOfASettledKnockWaits(t *testing.T) {
+// TestTrackerSimulatedHonestClients. With the first 1000 in the compact table and in a client record.
+func TestTrackerACopyOfASettledKnockWaits(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		before bool // an attempt right before: the knocks go to a client record
@@ -543,10 +543,10 @@ func TestHuntACopyOfASettledKnockWaits(t *testing.T) {
 // shared first port no door could open at all; with a prefix, only the shorter door. And a knock
 // right for the door being knocked counted as a failed attempt for the bans: knocking one door
 // twice, with --ban-after 2, banned the client. Found by reading applyAll.
-func TestHuntDoorsThatShareKnocks(t *testing.T) {
-	ab := []door{huntDoor("a", 5*time.Second, up(1000), up(2000), up(3000)), huntDoor("b", 5*time.Second, up(1000), up(3000), up(2000))}
-	prefix := []door{huntDoor("short", 5*time.Second, up(1000), up(2000)), huntDoor("long", 5*time.Second, up(1000), up(2000), up(3000))}
-	inner := []door{huntDoor("a", 5*time.Second, up(1000), up(2000), up(3000)), huntDoor("one", 5*time.Second, up(2000))}
+func TestTrackerDoorsThatShareKnocks(t *testing.T) {
+	ab := []door{simDoor("a", 5*time.Second, up(1000), up(2000), up(3000)), simDoor("b", 5*time.Second, up(1000), up(3000), up(2000))}
+	prefix := []door{simDoor("short", 5*time.Second, up(1000), up(2000)), simDoor("long", 5*time.Second, up(1000), up(2000), up(3000))}
+	inner := []door{simDoor("a", 5*time.Second, up(1000), up(2000), up(3000)), simDoor("one", 5*time.Second, up(2000))}
 	for _, tc := range []struct {
 		name  string
 		doors []door
