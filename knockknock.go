@@ -1970,6 +1970,9 @@ type event struct {
 	ts      int64
 	elapsed int64        // ns from the attempt's first knock to this one
 	conf    *confirmInfo // an authenticated unlock's: how to confirm it
+	// rightFor is, for a failure, 1 + the door for which the same knock was right (doors that
+	// share ports): no failure of the client's for bans, nor for fail2ban. 0: for no door.
+	rightFor uint16
 }
 
 // Knocks sent back to back arrive on different sockets, and the goroutines reading them may
@@ -2623,8 +2626,13 @@ func (t *tracker) settleOldest(s *shard, i int32, out *outbox) bool {
 // behind the ban can unlock. With out nil it replays a knock whose events were reported already.
 func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *outbox) bool {
 	ps := s.progress(i, len(t.doors))
-	stray, failed, unlocked, counted := true, false, false, false
+	stray, failed, unlocked := true, false, false
+	rightFor := -1        // the first door for which this knock was right
 	var failElapsed int64 // of the attempt this knock ended
+	var mark int          // this knock's events start here
+	if out != nil {
+		mark = len(out.events)
+	}
 	for d := range t.doors {
 		if !t.open(d) {
 			continue
@@ -2635,8 +2643,8 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		if v != verdictRejected || had {
 			stray = false
 		}
-		if (v == verdictAdvanced || v == verdictUnlocked) && why == reasonNone {
-			counted = true // the right knock for this door
+		if (v == verdictAdvanced || v == verdictUnlocked) && why == reasonNone && rightFor < 0 {
+			rightFor = d
 		}
 		if out == nil {
 			continue
@@ -2659,11 +2667,18 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 	if out == nil {
 		return false
 	}
+	if rightFor >= 0 {
+		for j := range out.events[mark:] {
+			if e := &out.events[mark+j]; e.kind == eventFail {
+				e.rightFor = uint16(rightFor + 1)
+			}
+		}
+	}
 	banned := false
 	if stray {
 		banned = t.strayFailure(s, c.key, &pk, out)
 		failed = true
-	} else if failed && !counted && t.bans.fail(c.key, pk.ts) {
+	} else if failed && rightFor < 0 && t.bans.fail(c.key, pk.ts) {
 		// A knock that is right for another door (doors that share a port) is no failed
 		// attempt of the client's: else knocking one door would ban a client in time.
 		banned = true
@@ -5627,6 +5642,9 @@ func (h *hookRuntime) dispatch(e *event) bool {
 		if h.failLog.allow(time.Now()) {
 			a = append(a, slog.String("event", "fail"), slog.String("door", d.name), slog.String("ip", ip), slog.Int("port", int(e.port.port)),
 				slog.String("proto", e.port.proto.String()), slog.String("reason", e.reason.String()))
+			if e.rightFor != 0 {
+				a = append(a, slog.String("right_for", h.cfg.doors[e.rightFor-1].name))
+			}
 			h.logRecord(e.ts, "knock failed", a)
 		}
 	case eventKnock:
@@ -5769,6 +5787,9 @@ func (h *hookRuntime) eventTable(L *lua.LState, e *event, ip, user string) *lua.
 	}
 	if e.kind == eventFail {
 		t.RawSetString("reason", v.reasons[e.reason])
+		if e.rightFor != 0 {
+			t.RawSetString("right_for", v.doors[e.rightFor-1])
+		}
 	}
 	return t
 }
