@@ -416,40 +416,55 @@ func TestTrackerSimulatedHonestClients(t *testing.T) {
 // window but its copy is not, must not settle the first 1000 without its copy: else the copy is
 // lost and the 3000 is a wrong port. Found by TestTrackerSimulatedHonestClients. With the first knock in
 // the compact table and in a client record (a second attempt right behind the first).
+// repeatedPortClient is one client of a tracker for the door 1000, 2000, 1000, 3000, whose port
+// 1000 comes twice: its knocks are timed from a fixed t0; with before, an attempt right before
+// t0 has unlocked once, so that its next knocks go to a client record, not the compact table.
+type repeatedPortClient struct {
+	tr     *tracker
+	rec    *recorder
+	t0     int64
+	before int // unlocks before t0
+}
+
+const repeatedPortIP = "192.0.2.7"
+
+func newRepeatedPortClient(before bool) *repeatedPortClient {
+	tr, rec := newTestTracker(testConfig(1000, 2000, 1000, 3000))
+	r := &repeatedPortClient{tr: tr, rec: rec, t0: int64(1_800_000_000) * int64(time.Second)}
+	if before {
+		for i, p := range []uint16{1000, 2000, 1000, 3000} {
+			r.feed(knock{port: up(p), ts: r.at(time.Duration(i-5) * ms)})
+		}
+		r.before = 1
+	}
+	return r
+}
+
+func (r *repeatedPortClient) at(d time.Duration) int64 { return r.t0 + int64(d) }
+
+// feed hands the tracker knocks from the client, in the order given (the order they were read).
+func (r *repeatedPortClient) feed(ks ...knock) {
+	for _, k := range ks {
+		k.from = key(repeatedPortIP)
+		feed(r.tr, k)
+	}
+}
+
 func TestTrackerSettleKeepsACopyWithinTheWindow(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		before bool // an attempt right before: the knocks go to a client record
 	}{{"first knock", false}, {"client record", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			tr, rec := newTestTracker(testConfig(1000, 2000, 1000, 3000))
-			from := key("192.0.2.7")
-			t0 := int64(1_800_000_000) * int64(time.Second)
-			at := func(d time.Duration) int64 { return t0 + int64(d) }
-			var ks []knock
-			if tc.before {
-				for i, p := range []uint16{1000, 2000, 1000, 3000} {
-					ks = append(ks, knock{port: up(p), ts: at(time.Duration(i-5) * ms)})
-				}
-			}
-			ks = append(ks,
-				knock{port: up(1000), ts: at(0)},
-				knock{port: up(1000), ts: at(900 * ms)}, // read before the 2000 received just before it
+			r := newRepeatedPortClient(tc.before)
+			r.feed(
+				knock{port: up(1000), ts: r.at(0)},
+				knock{port: up(1000), ts: r.at(900 * ms)}, // read before the 2000 received just before it
 			)
-			for _, k := range ks {
-				k.from = from
-				feed(tr, k)
-			}
-			tr.sweep(at(1050 * ms)) // the first 1000 is past the reorder window; its copy is not
-			for _, k := range []knock{{port: up(2000), ts: at(899 * ms)}, {port: up(3000), ts: at(910 * ms)}} {
-				k.from = from
-				feed(tr, k)
-			}
-			want := 1
-			if tc.before {
-				want = 2
-			}
-			if got := rec.unlocked("192.0.2.7"); got != want || rec.count(eventFail, reasonNone) != 0 {
+			r.tr.sweep(r.at(1050 * ms)) // the first 1000 is past the reorder window; its copy is not
+			r.feed(knock{port: up(2000), ts: r.at(899 * ms)}, knock{port: up(3000), ts: r.at(910 * ms)})
+			rec := r.rec
+			if got, want := rec.unlocked(repeatedPortIP), r.before+1; got != want || rec.count(eventFail, reasonNone) != 0 {
 				t.Fatalf("%d unlocks, %d failures; want %d unlocks and no failure; events %+v", got, rec.count(eventFail, reasonNone), want, rec.events)
 			}
 		})
@@ -500,35 +515,17 @@ func TestTrackerACopyOfASettledKnockWaits(t *testing.T) {
 		before bool // an attempt right before: the knocks go to a client record
 	}{{"first knock", false}, {"client record", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			tr, rec := newTestTracker(testConfig(1000, 2000, 1000, 3000))
-			from := key("192.0.2.8")
-			t0 := int64(1_800_000_000) * int64(time.Second)
-			at := func(d time.Duration) int64 { return t0 + int64(d) }
-			var ks []knock
-			if tc.before {
-				for i, p := range []uint16{1000, 2000, 1000, 3000} {
-					ks = append(ks, knock{port: up(p), ts: at(time.Duration(i-5) * ms)})
-				}
-			}
-			for _, k := range append(ks, knock{port: up(1000), ts: at(0)}) {
-				k.from = from
-				feed(tr, k)
-			}
-			tr.sweep(at(1010 * ms)) // the first 1000 is settled
-			for _, k := range []knock{
-				{port: up(1000), ts: at(990 * ms)}, // read before the 2000 received just before it
-				{port: up(2000), ts: at(980 * ms)},
-				{port: up(3000), ts: at(995 * ms)},
-			} {
-				k.from = from
-				feed(tr, k)
-			}
-			tr.sweep(at(3 * time.Second))
-			want := 1
-			if tc.before {
-				want = 2
-			}
-			if got := rec.unlocked("192.0.2.8"); got != want || rec.count(eventFail, reasonNone) != 0 {
+			r := newRepeatedPortClient(tc.before)
+			r.feed(knock{port: up(1000), ts: r.at(0)})
+			r.tr.sweep(r.at(1010 * ms)) // the first 1000 is settled
+			r.feed(
+				knock{port: up(1000), ts: r.at(990 * ms)}, // read before the 2000 received just before it
+				knock{port: up(2000), ts: r.at(980 * ms)},
+				knock{port: up(3000), ts: r.at(995 * ms)},
+			)
+			r.tr.sweep(r.at(3 * time.Second))
+			rec := r.rec
+			if got, want := rec.unlocked(repeatedPortIP), r.before+1; got != want || rec.count(eventFail, reasonNone) != 0 {
 				t.Fatalf("%d unlocks, %d failures; want %d unlocks and no failure; events %+v", got, rec.count(eventFail, reasonNone), want, rec.events)
 			}
 		})
