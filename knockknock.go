@@ -2271,7 +2271,8 @@ func (t *tracker) addFirst(s *shard, h uint64, from addrKey, pk pendingKnock, ou
 		if tg != tag || f.key != from {
 			continue
 		}
-		if t.duplicate(&f.pk, &pk) && !f.pk.settled() {
+		dup := t.duplicate(&f.pk, &pk)
+		if dup && !f.pk.settled() {
 			f.pk.mergeCopy(pk.ts, pk.srcPort)
 			return
 		}
@@ -2281,8 +2282,9 @@ func (t *tracker) addFirst(s *shard, h uint64, from addrKey, pk pendingKnock, ou
 		i := t.newClient(s, from, reach, pk.ts, out.trial)
 		if i == noSlot {
 			// No room: the first knock stays where it is. A knock that takes no door anywhere
-			// is a failure all the same, so that a full table shelters no guessing from bans.
-			if reach == 0 {
+			// is a failure all the same, so that a full table shelters no guessing from bans;
+			// a retransmission of a wrong first knock was counted once already.
+			if reach == 0 && !dup {
 				t.strayFailure(s, from, &pk, out)
 			}
 			return
@@ -2627,7 +2629,7 @@ func (t *tracker) settleOldest(s *shard, i int32, out *outbox) bool {
 func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *outbox) bool {
 	ps := s.progress(i, len(t.doors))
 	stray, failed, unlocked := true, false, false
-	rightFor := -1        // the first door for which this knock was right
+	rightFor := -1        // the first door for which this knock was right (or its first port, starting it over)
 	var failElapsed int64 // of the attempt this knock ended
 	var mark int          // this knock's events start here
 	if out != nil {
@@ -2643,8 +2645,8 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		if v != verdictRejected || had {
 			stray = false
 		}
-		if (v == verdictAdvanced || v == verdictUnlocked) && why == reasonNone && rightFor < 0 {
-			rightFor = d
+		if (v == verdictAdvanced || v == verdictUnlocked) && rightFor < 0 {
+			rightFor = d // with a failure reason: the door's first port, after a wrong or late knock
 		}
 		if out == nil {
 			continue
@@ -2684,7 +2686,7 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		banned = true
 		out.add(event{kind: eventFail, reason: reasonBanned, door: t.roles.of(pk.spec()).door, from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts, elapsed: failElapsed})
 	}
-	if banned || t.auth && (unlocked || failed) && !t.inProgress(ps) {
+	if banned || t.auth && (unlocked || failed) && !t.inProgress(ps, pk.ts) {
 		// The attempt is over (unless it goes on at another door, one that shares a first port
 		// or a prefix with the door it opened or failed). With keys its challenge is spent:
 		// another needs a new hello.
@@ -2697,10 +2699,12 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 	return banned
 }
 
-// inProgress reports whether a client has an attempt under way on a door that can open.
-func (t *tracker) inProgress(ps []progress) bool {
+// inProgress reports whether a client has an attempt under way at now, within its timeouts, on
+// a door that can open.
+func (t *tracker) inProgress(ps []progress, now int64) bool {
 	for d := range ps {
-		if ps[d].step > 0 && t.open(d) {
+		r := &t.doors[d]
+		if ps[d].step > 0 && t.open(d) && now-ps[d].last <= r.timeout && (r.seqTimeout == 0 || now-ps[d].first <= r.seqTimeout) {
 			return true
 		}
 	}
@@ -3807,10 +3811,10 @@ func tuneReceive(rc syscall.RawConn, family, size int) int {
 // last socket that asked closes. Meanwhile a datagram is stamped when it is read, not when it
 // arrived, so knocks read from different sockets can come out of order: on a quiet host a
 // server would misorder the knocks of its first milliseconds, and those right after a hook
-// reopens the knock ports. The guard is a socket of its own that asks for receive times for
-// the server's whole life; at start, the server waits (at most stampWait) until a datagram the
-// guard sends itself is stamped on arrival.
-type stampGuard struct{ conn *net.UDPConn }
+// reopens the knock ports. The guard is a UDP socket, never bound (no port, nothing to read),
+// that asks for receive times for the server's whole life; at start, wait probes until the
+// kernel stamps on arrival.
+type stampGuard struct{ fd int }
 
 const stampWait = time.Second
 
@@ -3818,34 +3822,40 @@ func newStampGuard() (*stampGuard, error) {
 	if !linux64 {
 		return nil, nil
 	}
-	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM, 0)
 	if err != nil {
-		conn, err = net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
-	}
-	if err != nil { // no loopback address (a namespace whose lo is down): hold the stamps on, unchecked
-		if conn, err = net.ListenUDP("udp", nil); err != nil {
-			return nil, fmt.Errorf("cannot open a UDP socket: %v", syscallCause(err))
-		}
-	}
-	g := &stampGuard{conn}
-	rc, err := conn.SyscallConn()
-	if err == nil {
-		err = setSockopt(rc, solSocket, soTimestampNS, 1)
+		fd, err = syscall.Socket(syscall.AF_INET6, syscall.SOCK_DGRAM, 0)
 	}
 	if err != nil {
-		conn.Close()
+		return nil, fmt.Errorf("cannot open a UDP socket: %v", err)
+	}
+	syscall.CloseOnExec(fd) // the commands hooks run do not inherit it
+	if err := syscall.SetsockoptInt(fd, solSocket, soTimestampNS, 1); err != nil {
+		syscall.Close(fd)
 		return nil, fmt.Errorf("cannot ask for kernel receive times: %v", err)
 	}
-	return g, nil
+	return &stampGuard{fd}, nil
 }
 
-// wait returns once the kernel stamps datagrams on arrival, or reports false after stampWait.
+// wait returns once a datagram sent over loopback is stamped on arrival, or reports false after
+// stampWait. Where loopback cannot be used (a namespace whose lo is down) it does not wait.
 func (g *stampGuard) wait() bool {
-	if g == nil || !g.conn.LocalAddr().(*net.UDPAddr).IP.IsLoopback() {
+	if g == nil {
+		return true
+	}
+	probe, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		if probe, err = net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback}); err != nil {
+			return true
+		}
+	}
+	defer probe.Close()
+	rc, err := probe.SyscallConn()
+	if err != nil || setSockopt(rc, solSocket, soTimestampNS, 1) != nil {
 		return true
 	}
 	for deadline := time.Now().Add(stampWait); ; {
-		if on, sure := g.stampsOnArrival(); on || !sure {
+		if on, sure := stampsOnArrival(probe); on || !sure {
 			return true
 		}
 		if time.Now().After(deadline) {
@@ -3854,20 +3864,20 @@ func (g *stampGuard) wait() bool {
 	}
 }
 
-// stampsOnArrival sends a datagram to the guard's socket and reads it a moment later: stamped
-// on arrival, its time is within a millisecond of the send; stamped when read, it is later.
-// sure is false when the probe itself failed.
-func (g *stampGuard) stampsOnArrival() (on, sure bool) {
+// stampsOnArrival sends a datagram to the probe's own socket and reads it a moment later:
+// stamped on arrival, its time is within a millisecond of the send; stamped when read, it is
+// later. sure is false when the probe itself failed.
+func stampsOnArrival(probe *net.UDPConn) (on, sure bool) {
 	const pause = 2 * time.Millisecond
 	sent := time.Now()
-	if _, err := g.conn.WriteToUDPAddrPort([]byte{0}, g.conn.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+	if _, err := probe.WriteToUDPAddrPort([]byte{0}, probe.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
 		return false, false
 	}
 	time.Sleep(pause)
 	var b [1]byte
 	var oob [128]byte
-	_ = g.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	_, oobn, _, _, err := g.conn.ReadMsgUDPAddrPort(b[:], oob[:])
+	_ = probe.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	_, oobn, _, _, err := probe.ReadMsgUDPAddrPort(b[:], oob[:])
 	if err != nil {
 		return false, false
 	}
@@ -3876,7 +3886,7 @@ func (g *stampGuard) stampsOnArrival() (on, sure bool) {
 
 func (g *stampGuard) close() {
 	if g != nil {
-		g.conn.Close()
+		syscall.Close(g.fd)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"log/slog"
 	"math"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -421,6 +422,48 @@ func TestTrackerBans(t *testing.T) {
 	}
 }
 
+// Starting over is no failed guess: a client whose attempt broke off (a lost datagram, or a
+// pause past the timeout) knocks the sequence again, and the first port that ends the old attempt
+// starts the new one. The failure is reported, marked right_for its own door, and not counted for
+// --ban-after, even at 1. A wrong port other than the first is counted.
+func TestTrackerStartingOverIsNoBanFailure(t *testing.T) {
+	c := testConfig(1, 2, 3)
+	c.banAfter, c.banTime = 1, 10*time.Second
+	tr, rec := newTestTracker(c)
+	t0 := time.Now().UnixNano()
+	at := func(d time.Duration) int64 { return t0 + int64(d) }
+	ip := key("198.51.100.5")
+	for _, k := range []knock{
+		{port: up(1), ts: at(0)}, {port: up(2), ts: at(10 * ms)}, // the 3 is lost
+		{port: up(1), ts: at(2 * time.Second)}, {port: up(2), ts: at(2*time.Second + 10*ms)}, {port: up(3), ts: at(2*time.Second + 20*ms)},
+		{port: up(1), ts: at(4 * time.Second)}, // a pause past the 5 s timeout
+		{port: up(1), ts: at(10 * time.Second)}, {port: up(2), ts: at(10*time.Second + 10*ms)}, {port: up(3), ts: at(10*time.Second + 20*ms)},
+	} {
+		k.from = ip
+		if why := feed(tr, k); why != dropNone {
+			t.Fatalf("knock at %v: %v: %+v", time.Duration(k.ts-t0), why, rec.events)
+		}
+	}
+	tr.sweep(at(12 * time.Second))
+	if rec.unlocked("198.51.100.5") != 2 || rec.count(eventFail, reasonWrongPort) != 1 || rec.count(eventFail, reasonTimeout) != 1 || rec.count(eventFail, reasonBanned) != 0 {
+		t.Fatalf("want 2 unlocks, a wrong_port and a timeout, no ban: %+v", rec.events)
+	}
+	for _, e := range rec.events {
+		if e.kind == eventFail && e.rightFor != 1 {
+			t.Fatalf("a failure whose knock started the door over without right_for: %+v", e)
+		}
+	}
+	// A wrong port that is not the first: a failure, and at --ban-after 1 a ban.
+	for _, k := range []knock{{port: up(1), ts: at(20 * time.Second)}, {port: up(3), ts: at(20*time.Second + 10*ms)}} {
+		k.from = ip
+		feed(tr, k)
+	}
+	tr.sweep(at(22 * time.Second))
+	if rec.count(eventFail, reasonBanned) != 1 {
+		t.Fatalf("a wrong port that starts nothing did not ban at --ban-after 1: %+v", rec.events)
+	}
+}
+
 // Issue 11: a flood of spoofed wrong knocks (one each, from 200,000 sources) neither lifts a ban
 // nor lets a guessing address escape one; an IPv6 ban covers the /64.
 func TestBansSurviveFloods(t *testing.T) {
@@ -712,8 +755,17 @@ func TestStampGuardWaitsForArrivalStamps(t *testing.T) {
 	if !g.wait() {
 		t.Fatalf("no stamps on arrival after %v", stampWait)
 	}
+	probe, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	rc, _ := probe.SyscallConn()
+	if err := setSockopt(rc, solSocket, soTimestampNS, 1); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 20 {
-		if on, sure := g.stampsOnArrival(); !on || !sure {
+		if on, sure := stampsOnArrival(probe); !on || !sure {
 			t.Fatalf("probe %d after the guard waited %v: stamped on arrival %v (probe worked %v)", i, time.Since(start), on, sure)
 		}
 	}

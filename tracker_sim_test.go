@@ -544,17 +544,25 @@ func TestTrackerDoorsThatShareKnocks(t *testing.T) {
 	ab := []door{simDoor("a", 5*time.Second, up(1000), up(2000), up(3000)), simDoor("b", 5*time.Second, up(1000), up(3000), up(2000))}
 	prefix := []door{simDoor("short", 5*time.Second, up(1000), up(2000)), simDoor("long", 5*time.Second, up(1000), up(2000), up(3000))}
 	inner := []door{simDoor("a", 5*time.Second, up(1000), up(2000), up(3000)), simDoor("one", 5*time.Second, up(2000))}
+	// knockd's own example: each door's last port is the other's first, so opening leaves a
+	// started attempt on closeSSH, and closing one on openSSH; the next knock of the other door
+	// starts it over (after a wrong port, or after its timeout).
+	knockd := []door{simDoor("openSSH", 5*time.Second, up(7000), up(8000), up(9000)), simDoor("closeSSH", 5*time.Second, up(9000), up(8000), up(7000))}
+	s := time.Second
 	for _, tc := range []struct {
 		name  string
 		doors []door
-		knock int      // the door knocked, three times
-		opens []string // the doors each attempt opens
+		knock []int           // the doors knocked in turn (a one-door list: that door three times)
+		at    []time.Duration // when each attempt starts (nil: 3 s apart)
+		opens []string        // the doors each attempt opens, in turn
 	}{
-		{"shared first port: a", ab, 0, []string{"a"}},
-		{"shared first port: b", ab, 1, []string{"b"}},
-		{"prefix: long", prefix, 1, []string{"short", "long"}},
-		{"prefix: short", prefix, 0, []string{"short"}},
-		{"inside: a", inner, 0, []string{"one", "a"}},
+		{"shared first port: a", ab, []int{0}, nil, []string{"a"}},
+		{"shared first port: b", ab, []int{1}, nil, []string{"b"}},
+		{"prefix: long", prefix, []int{1}, nil, []string{"short", "long"}},
+		{"prefix: short", prefix, []int{0}, nil, []string{"short"}},
+		{"inside: a", inner, []int{0}, nil, []string{"one", "a"}},
+		{"knockd's open and close", knockd, []int{0, 1, 0}, []time.Duration{0, 3 * s / 2, 17 * s / 2}, []string{"openSSH", "closeSSH", "openSSH"}},
+		{"knockd's open and close, slowly", knockd, []int{0, 1, 0, 1}, []time.Duration{0, 7 * s, 14 * s, 15 * s}, []string{"openSSH", "closeSSH", "openSSH", "closeSSH"}},
 	} {
 		for _, auth := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s auth %v", tc.name, auth), func(t *testing.T) {
@@ -570,8 +578,13 @@ func TestTrackerDoorsThatShareKnocks(t *testing.T) {
 				from := netip.MustParseAddrPort("192.0.2.1:40000")
 				t0 := time.Unix(1_800_000_000, 0)
 				var want []string
-				for a := range 3 {
+				attempts := max(len(tc.knock), 3)
+				for a := range attempts {
 					start := t0.Add(time.Duration(a) * 3 * time.Second)
+					if tc.at != nil {
+						start = t0.Add(tc.at[a])
+					}
+					knocked := tc.knock[a%len(tc.knock)]
 					var nonceS []byte
 					if auth {
 						why, reply := sendHello(t, tr, c.keys, m, from, alice, start, start, byte(a+1))
@@ -581,7 +594,7 @@ func TestTrackerDoorsThatShareKnocks(t *testing.T) {
 						}
 						nonceS = chal.nonceS
 					}
-					for pos, p := range tc.doors[tc.knock].seq {
+					for pos, p := range tc.doors[knocked].seq {
 						k := knock{from: keyOf(from.Addr()), srcPort: from.Port(), port: p, ts: start.Add(time.Duration(pos+1) * ms).UnixNano()}
 						why := dropNone
 						if auth {
@@ -597,7 +610,11 @@ func TestTrackerDoorsThatShareKnocks(t *testing.T) {
 						}
 					}
 					tr.sweep(start.Add(2 * time.Second).UnixNano())
-					want = append(want, tc.opens...)
+					if len(tc.knock) == 1 {
+						want = append(want, tc.opens...)
+					} else {
+						want = append(want, tc.opens[a])
+					}
 				}
 				var got []string
 				for _, e := range rec.events {
@@ -606,6 +623,8 @@ func TestTrackerDoorsThatShareKnocks(t *testing.T) {
 						got = append(got, tc.doors[e.door].name)
 					case e.kind == eventFail && e.reason == reasonBanned:
 						t.Fatalf("the client was banned: %+v", rec.events)
+					case e.kind == eventFail && e.rightFor == 0:
+						t.Fatalf("a failure of door %s without right_for (fail2ban would count it): %+v", tc.doors[e.door].name, e)
 					}
 				}
 				if !slices.Equal(got, want) {
