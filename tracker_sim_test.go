@@ -450,25 +450,37 @@ func (r *repeatedPortClient) feed(ks ...knock) {
 	}
 }
 
-func TestTrackerSettleKeepsACopyWithinTheWindow(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		before bool // an attempt right before: the knocks go to a client record
-	}{{"first knock", false}, {"client record", true}} {
-		t.Run(tc.name, func(t *testing.T) {
-			r := newRepeatedPortClient(tc.before)
-			r.feed(
-				knock{port: up(1000), ts: r.at(0)},
-				knock{port: up(1000), ts: r.at(900 * ms)}, // read before the 2000 received just before it
-			)
-			r.tr.sweep(r.at(1050 * ms)) // the first 1000 is past the reorder window; its copy is not
-			r.feed(knock{port: up(2000), ts: r.at(899 * ms)}, knock{port: up(3000), ts: r.at(910 * ms)})
-			rec := r.rec
-			if got, want := rec.unlocked(repeatedPortIP), r.before+1; got != want || rec.count(eventFail, reasonNone) != 0 {
-				t.Fatalf("%d unlocks, %d failures; want %d unlocks and no failure; events %+v", got, rec.count(eventFail, reasonNone), want, rec.events)
-			}
-		})
+// wantOneMoreUnlock checks that the client unlocked once since newRepeatedPortClient, and
+// never failed.
+func (r *repeatedPortClient) wantOneMoreUnlock(t *testing.T) {
+	t.Helper()
+	if got, want := r.rec.unlocked(repeatedPortIP), r.before+1; got != want || r.rec.count(eventFail, reasonNone) != 0 {
+		t.Fatalf("%d unlocks, %d failures; want %d unlocks and no failure; events %+v", got, r.rec.count(eventFail, reasonNone), want, r.rec.events)
 	}
+}
+
+// inBothPlaces runs f for a client whose knocks go to the compact first-knock table, and for one
+// whose knocks go to a client record (an attempt right before).
+func inBothPlaces(t *testing.T, f func(t *testing.T, r *repeatedPortClient)) {
+	for _, before := range []bool{false, true} {
+		name := "first knock"
+		if before {
+			name = "client record"
+		}
+		t.Run(name, func(t *testing.T) { f(t, newRepeatedPortClient(before)) })
+	}
+}
+
+func TestTrackerSettleKeepsACopyWithinTheWindow(t *testing.T) {
+	inBothPlaces(t, func(t *testing.T, r *repeatedPortClient) {
+		r.feed(
+			knock{port: up(1000), ts: r.at(0)},
+			knock{port: up(1000), ts: r.at(900 * ms)}, // read before the 2000 received just before it
+		)
+		r.tr.sweep(r.at(1050 * ms)) // the first 1000 is past the reorder window; its copy is not
+		r.feed(knock{port: up(2000), ts: r.at(899 * ms)}, knock{port: up(3000), ts: r.at(910 * ms)})
+		r.wantOneMoreUnlock(t)
+	})
 }
 
 // A copy of a sequence's final knock, sent within the retransmission second and read late
@@ -510,26 +522,17 @@ func TestTrackerSweepKeepsARecordForALateCopy(t *testing.T) {
 // for that, not be dropped as a copy: the rules ignore a copy anyway when it is settled. Found by
 // TestTrackerSimulatedHonestClients. With the first 1000 in the compact table and in a client record.
 func TestTrackerACopyOfASettledKnockWaits(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		before bool // an attempt right before: the knocks go to a client record
-	}{{"first knock", false}, {"client record", true}} {
-		t.Run(tc.name, func(t *testing.T) {
-			r := newRepeatedPortClient(tc.before)
-			r.feed(knock{port: up(1000), ts: r.at(0)})
-			r.tr.sweep(r.at(1010 * ms)) // the first 1000 is settled
-			r.feed(
-				knock{port: up(1000), ts: r.at(990 * ms)}, // read before the 2000 received just before it
-				knock{port: up(2000), ts: r.at(980 * ms)},
-				knock{port: up(3000), ts: r.at(995 * ms)},
-			)
-			r.tr.sweep(r.at(3 * time.Second))
-			rec := r.rec
-			if got, want := rec.unlocked(repeatedPortIP), r.before+1; got != want || rec.count(eventFail, reasonNone) != 0 {
-				t.Fatalf("%d unlocks, %d failures; want %d unlocks and no failure; events %+v", got, rec.count(eventFail, reasonNone), want, rec.events)
-			}
-		})
-	}
+	inBothPlaces(t, func(t *testing.T, r *repeatedPortClient) {
+		r.feed(knock{port: up(1000), ts: r.at(0)})
+		r.tr.sweep(r.at(1010 * ms)) // the first 1000 is settled
+		r.feed(
+			knock{port: up(1000), ts: r.at(990 * ms)}, // read before the 2000 received just before it
+			knock{port: up(2000), ts: r.at(980 * ms)},
+			knock{port: up(3000), ts: r.at(995 * ms)},
+		)
+		r.tr.sweep(r.at(3 * time.Second))
+		r.wantOneMoreUnlock(t)
+	})
 }
 
 // Doors that share a first port or a prefix, or where one door's sequence lies inside another's:
