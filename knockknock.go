@@ -2669,7 +2669,7 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 	if out == nil {
 		return false
 	}
-	if rightFor >= 0 {
+	if failed && rightFor >= 0 { // failed: this knock added a fail event to mark
 		for j := range out.events[mark:] {
 			if e := &out.events[mark+j]; e.kind == eventFail {
 				e.rightFor = uint16(rightFor + 1)
