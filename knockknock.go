@@ -1970,8 +1970,9 @@ type event struct {
 	ts      int64
 	elapsed int64        // ns from the attempt's first knock to this one
 	conf    *confirmInfo // an authenticated unlock's: how to confirm it
-	// rightFor is, for a failure, 1 + the door for which the same knock was right (doors that
-	// share ports): no failure of the client's for bans, nor for fail2ban. 0: for no door.
+	// rightFor is, for a failure, 1 + the door for which the same knock was right (another door
+	// that shares the port, or the failed door's own first port, starting it over): no failure
+	// of the client's for bans, nor for fail2ban. 0: for no door.
 	rightFor uint16
 }
 
@@ -2681,8 +2682,9 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		banned = t.strayFailure(s, c.key, &pk, out)
 		failed = true
 	} else if failed && rightFor < 0 && t.bans.fail(c.key, pk.ts) {
-		// A knock that is right for another door (doors that share a port) is no failed
-		// attempt of the client's: else knocking one door would ban a client in time.
+		// A knock that is right for some door (another that shares the port, or the first port
+		// starting its own door over) is no failed guess: else knocking one door, or starting
+		// over after a broken attempt, would ban an honest client in time.
 		banned = true
 		out.add(event{kind: eventFail, reason: reasonBanned, door: t.roles.of(pk.spec()).door, from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts, elapsed: failElapsed})
 	}
