@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -510,28 +511,55 @@ func TestE2EStuckHookCallEndsTheProcess(t *testing.T) {
 }
 
 // Signals queued behind a slow reload: a SIGTERM wins over the SIGHUPs before it, which are
-// not run one after another.
+// not run one after another. The reload waits on a gate file, so that the signals surely come
+// while it is under way, and only then does it end.
 func TestE2ESIGTERMDoesNotWaitForQueuedReloads(t *testing.T) {
-	hook := filepath.Join(t.TempDir(), "slow.lua")
-	os.WriteFile(hook, []byte(`
+	dir := t.TempDir()
+	gate, started := filepath.Join(dir, "gate"), filepath.Join(dir, "started")
+	os.WriteFile(gate, nil, 0o644)
+	hook := filepath.Join(dir, "slow.lua")
+	os.WriteFile(hook, []byte(fmt.Sprintf(`
 function on_start(reason)
-  if reason == "reload" then os.execute("sleep 1") end
+  if reason == "reload" then os.execute("touch %s; while [ -e %s ]; do sleep 0.01; done") end
 end
 function on_unlock(ev) end
-`), 0o644)
+`, started, gate)), 0o644)
 	ports := []uint16{freePort(t), freePort(t), freePort(t)}
 	p := startServer(t, "-p", portList(ports), "--hook", hook)
-	for range 3 {
-		p.cmd.Process.Signal(syscall.SIGHUP)
-		time.Sleep(50 * time.Millisecond)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "the reload under way", func() bool { _, err := os.Stat(started); return err == nil })
+	for _, sig := range []os.Signal{syscall.SIGHUP, syscall.SIGHUP, syscall.SIGTERM} {
+		p.cmd.Process.Signal(sig)
 	}
-	time.Sleep(250 * time.Millisecond)
-	if code := p.stopWith(t, syscall.SIGTERM); code != 0 {
+	// The kernel has handed the signals to the server's handler once none is pending; the Go
+	// runtime queues them for the main loop a moment later.
+	waitFor(t, "the signals delivered", func() bool { return signalsPending(p.cmd.Process.Pid) == 0 })
+	time.Sleep(200 * time.Millisecond)
+	os.Remove(gate)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the server did not stop within 15s of SIGTERM:\n%s", p.stderr.String())
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 	if n := strings.Count(p.stderr.String(), `msg="hook reloaded"`); n != 1 {
 		t.Fatalf("%d reloads ran, want the one under way when SIGTERM came:\n%s", n, p.stderr.String())
 	}
+}
+
+// signalsPending is the set of signals sent to a process and not yet delivered to it (ShdPnd
+// in /proc/PID/status, Linux; 0 elsewhere).
+func signalsPending(pid int) uint64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "ShdPnd:"); ok {
+			n, _ := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 // A call after a cancelled one is cancelled at its own timeout, not after the stuck grace the
