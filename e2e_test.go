@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -241,6 +242,50 @@ func fields(line string) map[string]string {
 		m[k] = v
 	}
 	return m
+}
+
+// procSocket is one line of /proc/net/udp, udp6, tcp or tcp6: the local and remote ports, the
+// state (hex, "0A" is a listening TCP socket), and what waits there to be read: bytes, or for a
+// listening socket the connections in its accept queue.
+type procSocket struct {
+	local, remote uint16
+	state         string
+	queued        int64
+}
+
+// procSockets reads the sockets of this network namespace from /proc/net (none without /proc).
+func procSockets(proto string) []procSocket {
+	var out []procSocket
+	for _, file := range []string{"/proc/net/" + proto, "/proc/net/" + proto + "6"} {
+		b, _ := os.ReadFile(file)
+		for _, l := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(l)
+			if len(f) < 5 {
+				continue
+			}
+			_, lp, _ := strings.Cut(f[1], ":")
+			_, rp, _ := strings.Cut(f[2], ":")
+			_, rxq, _ := strings.Cut(f[4], ":")
+			local, _ := strconv.ParseUint(lp, 16, 16)
+			remote, _ := strconv.ParseUint(rp, 16, 16)
+			queued, _ := strconv.ParseInt(rxq, 16, 64)
+			out = append(out, procSocket{uint16(local), uint16(remote), f[3], queued})
+		}
+	}
+	return out
+}
+
+// udpUnread is how much datagrams wait unread at the UDP sockets bound to ports (bytes of
+// receive buffer: an empty datagram counts too). A test that sent knocks waits for 0 before it
+// counts on the server having read them: a busy machine may leave a burst queued for a while.
+func udpUnread(ports ...uint16) int64 {
+	var n int64
+	for _, s := range procSockets("udp") {
+		if slices.Contains(ports, s.local) {
+			n += s.queued
+		}
+	}
+	return n
 }
 
 type knockServer struct {
