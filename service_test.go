@@ -176,10 +176,22 @@ func TestServicePerPrefixLimitMakesRoom(t *testing.T) {
 			// One made room: the longest-idle, which for silent ones is the first accepted (a
 			// kept-alive one is idle from when the server has sent its response, an order the
 			// client does not see); the others are still open.
+			// The server closes it aside, a moment later: wait for a close, then look at the rest.
 			var closed []int
+			isClosed := func(c net.Conn, wait time.Duration) bool {
+				c.SetReadDeadline(time.Now().Add(wait))
+				_, err := c.Read(make([]byte, 1))
+				return !errors.Is(err, os.ErrDeadlineExceeded)
+			}
+			for deadline := time.Now().Add(5 * time.Second); len(closed) == 0 && time.Now().Before(deadline); {
+				for i, c := range idle {
+					if isClosed(c, 10*time.Millisecond) {
+						closed = append(closed, i)
+					}
+				}
+			}
 			for i, c := range idle {
-				c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-				if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+				if !slices.Contains(closed, i) && isClosed(c, 200*time.Millisecond) {
 					closed = append(closed, i)
 				}
 			}
@@ -202,7 +214,16 @@ func TestServicePerPrefixLimitSparesARequestUnderWay(t *testing.T) {
 	}
 	defer slow.Close()
 	fmt.Fprintf(slow, "GET / HTTP/1.1\r\nHost: x\r\n")
-	time.Sleep(100 * time.Millisecond) // read by the server: the request is under way
+	// Read by the server (accepted, and nothing left unread on its side): the request is under way.
+	from := uint16(slow.LocalAddr().(*net.TCPAddr).Port)
+	waitFor(t, "the server to read the request's start", func() bool {
+		for _, c := range procSockets("tcp") {
+			if c.local == port && c.remote == from {
+				return c.queued == 0
+			}
+		}
+		return false
+	})
 	for range serviceMaxPerClient + 4 {
 		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
