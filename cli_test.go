@@ -471,6 +471,7 @@ func TestCLIVerboseLogsRejectedAuthenticatedDatagrams(t *testing.T) {
 	for range 450 {
 		conn.Write([]byte("hello?"))
 	}
+	waitFor(t, "the server to read the burst", func() bool { return udpUnread(ports[0]) == 0 })
 	time.Sleep(1100 * time.Millisecond)
 	conn.Write([]byte("hello?"))
 	const held = `level=WARN msg="rejected datagrams not logged: over the rate limit" event=overload count=`
@@ -492,8 +493,10 @@ func TestCLIVerboseLogsRejectedAuthenticatedDatagrams(t *testing.T) {
 	if logged+heldBack != 451 || logged == 451 {
 		t.Errorf("%d malformed datagrams logged and %d counted as held back, want 451 in all, some held back", logged, heldBack)
 	}
+	// A line is counted in the second its reader let it through and stamped a moment later: one
+	// a reader (one a knock port) may carry over into the next second.
 	for sec, n := range perSecond {
-		if n > 200 {
+		if n > 200+len(ports) {
 			t.Errorf("%d rejections logged in the second %s, the limit is 200", n, sec)
 		}
 	}
