@@ -329,7 +329,11 @@ func TestAttackSequenceFloodLosesNoUnlock(t *testing.T) {
 	default:
 	}
 	<-done
-	time.Sleep(settled) // the reorder window, and the hook queue drains
+	// The server has read every datagram (it stops reading at SIGTERM: a backlog left in the
+	// socket buffers on a busy machine would be unlocks lost), then the reorder window passes
+	// and the hook queue drains.
+	atkWaitUntil(30*time.Second, func() bool { return udpUnread(s.ports...) == 0 })
+	time.Sleep(settled)
 	drops := atkSocketDrops(s.ports)
 	stopped := atkStop(t, s.proc)
 	shed := atkLogLine(s.stderr.String(), "msg=\"hook queue full")
@@ -812,7 +816,17 @@ func TestAttackServiceConnectionFlood(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	time.Sleep(500 * time.Millisecond) // the server accepts or resets what is queued
+	// The server accepts or resets what is queued: a connection still in the accept queue looks
+	// open at the client. Then a moment for the closes the server makes aside.
+	atkWaitUntil(30*time.Second, func() bool {
+		for _, c := range procSockets("tcp") {
+			if c.local == port && c.state == "0A" {
+				return c.queued == 0
+			}
+		}
+		return false
+	})
+	time.Sleep(200 * time.Millisecond)
 	open := 0
 	mu.Lock()
 	for _, c := range conns {
@@ -922,7 +936,9 @@ func TestAttackDuplicateKnocks(t *testing.T) {
 	for _, c := range cases {
 		snd.send(atkClients(c.base, 100, c.ports...), 0, nil)
 	}
-	time.Sleep(settled) // the reorder window
+	// Every datagram read (see TestAttackSequenceFloodLosesNoUnlock), then the reorder window.
+	atkWaitUntil(30*time.Second, func() bool { return udpUnread(append([]uint16{decoy}, s.ports...)...) == 0 })
+	time.Sleep(settled)
 	drops := atkSocketDrops(append([]uint16{decoy}, s.ports...))
 	atkStop(t, s.proc)
 	for _, c := range cases {
@@ -1013,8 +1029,24 @@ func TestAttackExecTimeoutSurvivors(t *testing.T) {
 		p := servers[g]
 		waitFor(t, "every case", func() bool { return len(atkExecCalls(p.stderr.String())) == len(group) })
 	}
-	time.Sleep(300 * time.Millisecond) // kills land
-	for _, group := range cases {      // every process expected to outlive its call, before any check
+	// The kills land: the call ends once every process it killed is dead, but a process may take a
+	// moment to die on a busy machine. (One that outlives its call wrongly sleeps for a minute.)
+	atkWaitUntil(5*time.Second, func() bool {
+		for _, group := range cases {
+			for _, c := range group {
+				for file, want := range c.survive {
+					b, _ := os.ReadFile(filepath.Join(dir, file))
+					for _, f := range strings.Fields(string(b)) {
+						if pid, _ := strconv.Atoi(f); !want && atkProcAlive(pid) {
+							return false
+						}
+					}
+				}
+			}
+		}
+		return true
+	})
+	for _, group := range cases { // every process expected to outlive its call, before any check
 		for _, c := range group {
 			for file, want := range c.survive {
 				b, _ := os.ReadFile(filepath.Join(dir, file))
