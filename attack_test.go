@@ -261,30 +261,6 @@ func atkMemKB(t *testing.T, pid int) (rss, peak int64) {
 	return rss, peak
 }
 
-// atkSocketDrops sums what the kernel dropped at the UDP sockets bound to ports (the last column
-// of /proc/net/udp and udp6: receive buffer overflows).
-func atkSocketDrops(ports []uint16) int64 {
-	var total int64
-	for _, file := range []string{"/proc/net/udp", "/proc/net/udp6"} {
-		b, _ := os.ReadFile(file)
-		for _, l := range strings.Split(string(b), "\n")[1:] {
-			f := strings.Fields(l)
-			if len(f) < 13 {
-				continue
-			}
-			_, hexPort, _ := strings.Cut(f[1], ":")
-			port, _ := strconv.ParseUint(hexPort, 16, 16)
-			for _, p := range ports {
-				if uint16(port) == p {
-					n, _ := strconv.ParseInt(f[len(f)-1], 10, 64)
-					total += n
-				}
-			}
-		}
-	}
-	return total
-}
-
 // atkWaitUntil polls cond every 5 ms until limit; it reports whether cond came true.
 func atkWaitUntil(limit time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(limit)
@@ -334,7 +310,7 @@ func TestAttackSequenceFloodLosesNoUnlock(t *testing.T) {
 	// and the hook queue drains.
 	atkWaitUntil(30*time.Second, func() bool { return udpUnread(s.ports...) == 0 })
 	time.Sleep(settled)
-	drops := atkSocketDrops(s.ports)
+	drops := udpDrops(s.ports...)
 	stopped := atkStop(t, s.proc)
 	shed := atkLogLine(s.stderr.String(), "msg=\"hook queue full")
 	dispatched, shedUnlocks := atkNum(stopped, "unlocks"), atkNum(shed, "unlocks")
@@ -370,7 +346,7 @@ func TestAttackFirstKnockFloodBetweenGenuineKnocks(t *testing.T) {
 	last := time.Now()
 	ok := atkWaitUntil(5*time.Second, func() bool { return s.unlocked("127.0.0.1") == 1 })
 	t.Logf("%d spoofed first knocks in %v (kernel dropped %d); genuine unlocked: %v (after %v)", sent, took.Round(time.Millisecond),
-		atkSocketDrops(s.ports), ok, time.Since(last).Round(time.Millisecond))
+		udpDrops(s.ports...), ok, time.Since(last).Round(time.Millisecond))
 	if !ok {
 		t.Fatal("the genuine client was not unlocked after 70,000 spoofed first knocks between its first and second knock")
 	}
@@ -413,7 +389,7 @@ func TestAttackSustainedFirstKnockFlood(t *testing.T) {
 	secs := time.Since(start).Seconds()
 	rss, peak := atkMemKB(t, pid)
 	t.Logf("%d spoofed first knocks in %.1fs (%.0f/s; kernel dropped %d); genuine knocks 1s apart unlocked: %v (%v after the last); RSS %d MiB, peak %d MiB (%d MiB at start)",
-		sent.Load(), secs, float64(sent.Load())/secs, atkSocketDrops(ports), ok, latency.Round(time.Millisecond), rss>>10, peak>>10, before>>10)
+		sent.Load(), secs, float64(sent.Load())/secs, udpDrops(ports...), ok, latency.Round(time.Millisecond), rss>>10, peak>>10, before>>10)
 	if !ok {
 		t.Error("the genuine client was not unlocked during a sustained first-knock flood")
 	}
@@ -693,17 +669,9 @@ function on_unlock(ev) knock.allow(ev.ip, 60) end
 // ends of its service connections, and the accept queue).
 func atkTCPConns(port uint16) int {
 	n := 0
-	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		b, _ := os.ReadFile(file)
-		for _, l := range strings.Split(string(b), "\n")[1:] {
-			f := strings.Fields(l)
-			if len(f) < 4 || f[3] != "01" {
-				continue
-			}
-			_, hexPort, _ := strings.Cut(f[1], ":")
-			if p, _ := strconv.ParseUint(hexPort, 16, 16); uint16(p) == port {
-				n++
-			}
+	for _, c := range procSockets("tcp") {
+		if c.local == port && c.state == "01" {
+			n++
 		}
 	}
 	return n
@@ -939,7 +907,7 @@ func TestAttackDuplicateKnocks(t *testing.T) {
 	// Every datagram read (see TestAttackSequenceFloodLosesNoUnlock), then the reorder window.
 	atkWaitUntil(30*time.Second, func() bool { return udpUnread(append([]uint16{decoy}, s.ports...)...) == 0 })
 	time.Sleep(settled)
-	drops := atkSocketDrops(append([]uint16{decoy}, s.ports...))
+	drops := udpDrops(append([]uint16{decoy}, s.ports...)...)
 	atkStop(t, s.proc)
 	for _, c := range cases {
 		prefix := strings.TrimSuffix(c.base, "0.1")
