@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,7 +27,6 @@ import (
 	"time"
 
 	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
 )
 
 // atkSlow divides flood rates and sizes under the race detector: the server under test is then
@@ -573,23 +571,8 @@ func atkNewNetns(t *testing.T) atkNetns {
 // do runs fn on a thread that has entered the namespace: sockets fn makes live there.
 func (ns atkNetns) do(t *testing.T, fn func()) {
 	t.Helper()
-	target, err := os.Open("/run/netns/" + ns.name)
-	if err != nil {
+	if err := inNetns("/run/netns/"+ns.name, func() error { fn(); return nil }); err != nil {
 		t.Fatal(err)
-	}
-	defer target.Close()
-	done := make(chan error)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- err
-			return
-		}
-		fn()
-		done <- nil
-	}()
-	if err := <-done; err != nil {
-		t.Fatalf("setns: %v", err)
 	}
 }
 

@@ -29,7 +29,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -393,9 +392,6 @@ type auNet struct{ cli, rtr, srv string }
 func auNewNet(t *testing.T, tag string, nat bool) auNet {
 	t.Helper()
 	needTools(t, "ip", "nft")
-	if auSetnsCall() == 0 {
-		t.Skipf("SKIP: no setns system call number for %s/%s", runtime.GOOS, runtime.GOARCH)
-	}
 	id := strconv.Itoa(os.Getpid() % 100000)
 	n := auNet{cli: "kkau-" + tag + "-c" + id, rtr: "kkau-" + tag + "-r" + id, srv: "kkau-" + tag + "-s" + id}
 	for _, ns := range []string{n.cli, n.rtr, n.srv} {
@@ -445,36 +441,8 @@ func (n auNet) knock(t *testing.T, keyFile, host string, extra ...string) (strin
 	return n.run(t, n.cli, append(args, host)...)
 }
 
-// auSetnsCall is setns(2)'s number on Linux, or 0.
-func auSetnsCall() uintptr {
-	if runtime.GOOS != "linux" {
-		return 0
-	}
-	return map[string]uintptr{"amd64": 308, "386": 346, "arm64": 268, "riscv64": 268, "loong64": 268,
-		"arm": 375, "ppc64": 350, "ppc64le": 350, "s390x": 339}[runtime.GOARCH]
-}
-
-// auIn runs fn on a thread that has joined namespace ns: the sockets fn opens belong to ns and
-// may then be used from anywhere. The thread is never handed back to the scheduler: it ends
-// with fn's goroutine.
-func auIn(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // no UnlockOSThread: the thread exits with this goroutine
-		f, err := os.Open("/var/run/netns/" + ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if _, _, e := syscall.RawSyscall(auSetnsCall(), f.Fd(), 0x40000000 /* CLONE_NEWNET */, 0); e != 0 {
-			errc <- fmt.Errorf("setns %s: %v", ns, e)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+// auIn runs fn with the sockets it opens in namespace ns (see inNetns).
+func auIn(ns string, fn func() error) error { return inNetns("/var/run/netns/"+ns, fn) }
 
 // auUDP opens a UDP socket on addr inside ns.
 func (n auNet) udp(t *testing.T, ns string, addr netip.AddrPort) *net.UDPConn {

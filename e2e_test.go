@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // raceEnabled is set by race_test.go: the server under test is then built with -race too.
@@ -254,10 +256,14 @@ type procSocket struct {
 	drops         int64 // UDP: datagrams dropped, the receive buffer full
 }
 
-// procSockets reads the sockets of this network namespace from /proc/net (none without /proc).
+// procSockets reads the sockets of the test's network namespace (none without /proc). It reads
+// them through the thread it runs on, not /proc/net: that is the namespace of the process's main
+// thread, which a goroutine that joined another namespace could have left there (see inNetns).
 func procSockets(proto string) []procSocket {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	var out []procSocket
-	for _, file := range []string{"/proc/net/" + proto, "/proc/net/" + proto + "6"} {
+	for _, file := range []string{"/proc/thread-self/net/" + proto, "/proc/thread-self/net/" + proto + "6"} {
 		b, _ := os.ReadFile(file)
 		for _, l := range strings.Split(string(b), "\n")[1:] {
 			f := strings.Fields(l)
@@ -302,6 +308,44 @@ func udpDrops(ports ...uint16) int64 {
 		}
 	}
 	return n
+}
+
+// inNetns runs fn on a thread that has joined the network namespace at path (/run/netns/NAME,
+// or /proc/PID/ns/net): the sockets fn opens belong to that namespace and may then be used from
+// any goroutine. The thread then rejoins the test's namespace before it goes back to the
+// scheduler. If it cannot, it stays locked and ends with the goroutine; but on the process's
+// main thread Go cannot end it, and that thread would stay in the namespace, with /proc/net
+// (which is /proc/self/net, the main thread's) showing that namespace's sockets.
+func inNetns(path string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer home.Close()
+		target, err := os.Open(path)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("setns %s: %w", path, err)
+			return
+		}
+		err = fn()
+		if unix.Setns(int(home.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
 }
 
 type knockServer struct {

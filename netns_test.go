@@ -505,3 +505,52 @@ func probeMain(spec string) int {
 	fmt.Printf("attempts=%d through=%d\n", attempts.Load(), through.Load())
 	return 0
 }
+
+// inNetns hands its thread back in the test's namespace: after many calls (some of which land on
+// the process's main thread, which a locked goroutine cannot end), every thread of the test
+// process is still in the namespace it started in, and so is /proc/net. Before, a call that ran
+// on the main thread left it in the namespace, and tests reading /proc/net saw its sockets
+// instead of theirs (a full run under load failed that way twice in two).
+func TestInNetnsLeavesNoThreadInTheNamespace(t *testing.T) {
+	needTools(t, "ip")
+	name := fmt.Sprintf("kk-inns-%d", os.Getpid()%100000)
+	exec.Command("ip", "netns", "del", name).Run()
+	sh(t, "ip", "netns", "add", name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	home, err := os.Readlink("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 100 {
+				var in string
+				err := inNetns("/run/netns/"+name, func() (err error) {
+					in, err = os.Readlink("/proc/thread-self/ns/net")
+					return err
+				})
+				if err != nil || in == home {
+					t.Errorf("inNetns: the function ran in %s (the test's is %s): %v", in, home, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		// A thread may be ending as it is read; its link is then gone.
+		if ns, err := os.Readlink("/proc/self/task/" + task.Name() + "/ns/net"); err == nil && ns != home {
+			t.Errorf("thread %s is left in %s, not in the test's %s", task.Name(), ns, home)
+		}
+	}
+	if main, _ := os.Readlink("/proc/self/ns/net"); main != home {
+		t.Errorf("the main thread (and /proc/net) is in %s, not in the test's %s", main, home)
+	}
+}

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -592,22 +591,7 @@ func readmeInShellNetns(t *testing.T, sh *readmeShell, fn func() error) {
 		}
 		return
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
-		f, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", sh.p.cmd.Process.Pid))
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if _, _, e := syscall.RawSyscall(auSetnsCall(), f.Fd(), syscall.CLONE_NEWNET, 0); e != 0 {
-			errc <- fmt.Errorf("setns: %v", e)
-			return
-		}
-		errc <- fn()
-	}()
-	if err := <-errc; err != nil {
+	if err := inNetns(fmt.Sprintf("/proc/%d/ns/net", sh.p.cmd.Process.Pid), fn); err != nil {
 		t.Fatal(err)
 	}
 }
