@@ -152,13 +152,39 @@ func launch(t *testing.T, cmd *exec.Cmd) *proc {
 		close(p.done)
 	}()
 	t.Cleanup(func() {
-		cmd.Process.Kill()
+		killTree(cmd.Process)
 		<-p.done
 		if t.Failed() {
 			t.Logf("server log:\n%s", p.stderr.String())
 		}
 	})
 	return p
+}
+
+// killTree kills a process that is still running and every process under it. What a server's
+// hook runs has a process group of its own, and the server is the subreaper of what leaves it:
+// killing the server alone would leave them to init, running past the test (a hook command
+// waiting for a file that a failed test never wrote loops forever), loading the machine and
+// holding ports for the tests after it. The server is stopped first, so that it starts nothing
+// more, and its children, as they die, stay zombies it cannot reap: their PIDs are not reused
+// while the tree is killed. What forks meanwhile is orphaned to the server: the next pass finds it.
+func killTree(p *os.Process) {
+	if p.Signal(syscall.SIGSTOP) != nil {
+		return // it has exited: its PID may be another process's now
+	}
+	for range 50 {
+		tree, alive := procTree(), 0
+		for _, pid := range tree.descendants(p.Pid) {
+			if !tree.zombie[pid] {
+				alive++
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		if alive == 0 {
+			break
+		}
+	}
+	p.Kill()
 }
 
 // stop sends SIGTERM and returns the exit code.
