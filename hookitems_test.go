@@ -44,11 +44,13 @@ func logLines(log string, all ...string) []string {
 // The default hook with its service port taken: the knock ports stay open and the log says why;
 // once the port is free, the next knock starts the service and only then closes the knock ports.
 func TestE2EDefaultHookKeepsKnockPortsWhenTheServiceCannotStart(t *testing.T) {
-	held, err := net.Listen("tcp", ":0")
+	// A port from freePort, not one the kernel picks: once released, the server binds it, UDP
+	// and TCP, and no connection of another test may have taken it from the ephemeral range.
+	port := freePort(t)
+	held, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := uint16(held.Addr().(*net.TCPAddr).Port)
 	knocks := []uint16{freePort(t), freePort(t), freePort(t)}
 	p := startServer(t, "-p", portList(knocks), "--hook", "hooks/unlock.lua", "--hook-arg", fmt.Sprintf("port=%d", port))
 	knockWith(t, "-p", portList(knocks), "127.0.0.1")
@@ -153,12 +155,14 @@ end
 
 // A change that cannot be applied returns nil, err and leaves the service as it was.
 func TestLuaServeChangeThatFailsKeepsTheOldService(t *testing.T) {
-	held, err := net.Listen("tcp", ":0")
+	// The service binds UDP on the port the test holds for TCP: a port from freePort, free for
+	// UDP, not one the kernel picks, which another socket may hold for UDP.
+	port := int(freePort(t))
+	held, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer held.Close()
-	port := held.Addr().(*net.TCPAddr).Port
 	s := mustLuaServer(t, unlockStub+fmt.Sprintf(`
 first = knock.serve{port=%d, proto="udp"}
 ok, err = knock.serve{port=%d, proto="both"}
