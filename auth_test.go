@@ -559,6 +559,7 @@ type auOnPath struct {
 func (n auNet) onPath(t *testing.T, relay bool, hold time.Duration, twoWay bool) *auOnPath {
 	t.Helper()
 	a := &auOnPath{hold: hold, relay: relay, twoWay: twoWay, raw: -1}
+	t.Cleanup(a.stop) // what is open when a step below fails is closed too
 	if err := auIn(n.rtr, func() error {
 		var err error
 		if a.tap, err = auTap("rc0"); err != nil {
@@ -580,7 +581,6 @@ func (n auNet) onPath(t *testing.T, relay bool, hold time.Duration, twoWay bool)
 	a.wg.Add(2)
 	go a.readClient()
 	go a.readAnswers()
-	t.Cleanup(a.stop)
 	return a
 }
 
