@@ -526,6 +526,9 @@ func TestAttackBanStopsTheSequenceBehindIt(t *testing.T) {
 	s := atkStart(t, "127.0.9.", "--ban-after", "3")
 	p1, p2, p3 := s.ports[0], s.ports[1], s.ports[2]
 	var wg sync.WaitGroup
+	// If a sender cannot be made (t.Fatal), the goroutines already started still report through
+	// t: they must end before the test does, and before its cleanup closes their sockets.
+	defer wg.Wait()
 	for i := range 10 {
 		snd := atkNewSender(t)
 		wg.Add(1)
