@@ -316,21 +316,20 @@ func procSockets(proto string) []procSocket {
 // receive buffer: an empty datagram counts too). A test that sent knocks waits for 0 before it
 // counts on the server having read them: a busy machine may leave a burst queued for a while.
 func udpUnread(ports ...uint16) int64 {
-	var n int64
-	for _, s := range procSockets("udp") {
-		if slices.Contains(ports, s.local) {
-			n += s.queued
-		}
-	}
-	return n
+	return udpSum(ports, func(s procSocket) int64 { return s.queued })
 }
 
 // udpDrops is how many datagrams the kernel dropped at the UDP sockets bound to ports.
 func udpDrops(ports ...uint16) int64 {
+	return udpSum(ports, func(s procSocket) int64 { return s.drops })
+}
+
+// udpSum adds up one figure of the UDP sockets bound to ports.
+func udpSum(ports []uint16, figure func(procSocket) int64) int64 {
 	var n int64
 	for _, s := range procSockets("udp") {
 		if slices.Contains(ports, s.local) {
-			n += s.drops
+			n += figure(s)
 		}
 	}
 	return n
