@@ -2556,7 +2556,7 @@ func (t *tracker) add(s *shard, i int32, pk pendingKnock, out *outbox) {
 	}
 	if c.npending == pendingMax {
 		if t.settleOldest(s, i, out) {
-			return
+			return // a ban, or the end of an authenticated attempt: this knock ends with them
 		}
 		pos = max(pos-1, 0)
 	}
@@ -2574,19 +2574,19 @@ func (t *tracker) add(s *shard, i int32, pk pendingKnock, out *outbox) {
 	}
 	c.pending.insert(pos, int(c.npending), pk)
 	c.npending++
-	t.settle(s, i, pk.ts-reorderWindow, out)
-	if split.ts != 0 && c.npending > 0 {
+	if ended := t.settle(s, i, pk.ts-reorderWindow, out); split.ts != 0 && !ended {
 		t.add(s, i, split, out)
 	}
 }
 
 // settle makes pending knocks final: all of them up to the first that completes a door (an
 // unlock never waits), and those received before horizon, every copy of them: a knock that lies
-// between a knock and its latest copy may still come, and put the copy back in its place.
-func (t *tracker) settle(s *shard, i int32, horizon int64, out *outbox) {
+// between a knock and its latest copy may still come, and put the copy back in its place. It
+// reports whether a knock ended the client's knocks (see applyAll).
+func (t *tracker) settle(s *shard, i int32, horizon int64, out *outbox) bool {
 	c := s.slot(i)
 	if c.npending == 0 {
-		return
+		return false
 	}
 	trial := out.trial
 	copy(trial, s.progress(i, len(t.doors)))
@@ -2603,14 +2603,15 @@ func (t *tracker) settle(s *shard, i int32, horizon int64, out *outbox) {
 		cut++
 	}
 	for range cut {
-		if c.npending == 0 || t.settleOldest(s, i, out) {
-			return // a ban ended the client's knocks
+		if t.settleOldest(s, i, out) {
+			return true
 		}
 	}
+	return false
 }
 
 // settleOldest applies a client's oldest pending knock to every door, unless it is a copy of the
-// knock settled last; it reports whether the knock banned the client.
+// knock settled last; it reports whether the knock ended the client's knocks (see applyAll).
 func (t *tracker) settleOldest(s *shard, i int32, out *outbox) bool {
 	c := s.slot(i)
 	pk := c.pending.shift(int(c.npending))
@@ -2624,9 +2625,10 @@ func (t *tracker) settleOldest(s *shard, i int32, out *outbox) bool {
 	return t.applyAll(s, i, c, pk, out)
 }
 
-// applyAll applies one knock to every door of a client, and reports whether it banned the
-// client: then its progress and its knocks still pending end with it, so that nothing queued
-// behind the ban can unlock. With out nil it replays a knock whose events were reported already.
+// applyAll applies one knock to every door of a client, and reports whether it ended the
+// client's knocks: a ban, or with keys the end of its attempt. Its progress and its knocks still
+// pending end then, so that nothing queued behind the ban, or sent with the spent challenge, can
+// unlock. With out nil it replays a knock whose events were reported already.
 func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *outbox) bool {
 	ps := s.progress(i, len(t.doors))
 	stray, failed, unlocked := true, false, false
@@ -2688,7 +2690,8 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		banned = true
 		out.add(event{kind: eventFail, reason: reasonBanned, door: t.roles.of(pk.spec()).door, from: c.key, srcPort: pk.srcPort, port: pk.spec(), ts: pk.ts, elapsed: failElapsed})
 	}
-	if banned || t.auth && (unlocked || failed) && !t.inProgress(ps, pk.ts) {
+	ended := banned || t.auth && (unlocked || failed) && !t.inProgress(ps, pk.ts)
+	if ended {
 		// The attempt is over (unless it goes on at another door, one that shares a first port
 		// or a prefix with the door it opened or failed). With keys its challenge is spent:
 		// another needs a new hello.
@@ -2698,7 +2701,7 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 		clear(ps)
 		c.npending = 0
 	}
-	return banned
+	return ended
 }
 
 // inProgress reports whether a client has an attempt under way at now, within its timeouts, on
