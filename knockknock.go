@@ -2481,11 +2481,9 @@ func (t *tracker) advance(c *client, ps []progress, now int64, trial []progress)
 		}
 	}
 	for d := range trial {
-		r := &t.doors[d]
-		p := &trial[d]
-		seen = max(seen, p.last)
-		if t.open(d) && p.step > 0 && now-p.last <= r.timeout && (r.seqTimeout == 0 || now-p.first <= r.seqTimeout) {
-			best = max(best, int(p.step))
+		seen = max(seen, trial[d].last)
+		if t.underWay(d, &trial[d], now) {
+			best = max(best, int(trial[d].step))
 		}
 	}
 	return best, seen
@@ -2704,16 +2702,21 @@ func (t *tracker) applyAll(s *shard, i int32, c *client, pk pendingKnock, out *o
 	return ended
 }
 
-// inProgress reports whether a client has an attempt under way at now, within its timeouts, on
-// a door that can open.
+// inProgress reports whether a client has an attempt under way at now on some door.
 func (t *tracker) inProgress(ps []progress, now int64) bool {
 	for d := range ps {
-		r := &t.doors[d]
-		if ps[d].step > 0 && t.open(d) && now-ps[d].last <= r.timeout && (r.seqTimeout == 0 || now-ps[d].first <= r.seqTimeout) {
+		if t.underWay(d, &ps[d], now) {
 			return true
 		}
 	}
 	return false
+}
+
+// underWay reports whether p is an attempt on door d still in force at now: begun, within the
+// door's timeouts, on a door that can open.
+func (t *tracker) underWay(d int, p *progress, now int64) bool {
+	r := &t.doors[d]
+	return p.step > 0 && t.open(d) && now-p.last <= r.timeout && (r.seqTimeout == 0 || now-p.first <= r.seqTimeout)
 }
 
 // open reports whether door d can unlock: a one-time door cannot between its unlock and its
